@@ -1,0 +1,316 @@
+"""CIFAR-10 from the standard `cifar-10-batches-py/` folder: safe loading, splits, statistics, loaders.
+
+The data set (180 MB as uint8) lives in memory as numpy arrays; augmentation runs per batch in
+DataLoader workers.  Randomness is keyed on (seed, epoch, batch) rather than on worker state,
+so a resumed run, or the same run with another number of workers, sees identical augmentations.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from distributed.rundir import CIFAR10_CLASSES
+
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+SPLIT_SEED = 0  # fixed: runs with different training seeds share one validation split
+
+
+class DataError(RuntimeError):
+    """Missing or malformed data; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CifarArrays:
+    """The whole data set: images uint8 [N, 32, 32, 3] (HWC, RGB), labels int64 [N]."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...] = CIFAR10_CLASSES
+
+
+# ----------------------------------------------------------------------------- safe loading
+class RefusedPickle(pickle.UnpicklingError):
+    """The file asks for something a CIFAR batch never contains."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR batch files contain: numpy array reconstruction.
+
+    A plain pickle.load on a file someone dropped into the data folder could run any code;
+    this refuses every global outside the list below.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode  # how Python 3 pickles bytes at protocol 2
+        if (module, name) not in self._ALLOWED:
+            raise RefusedPickle(f"refusing to load global {module}.{name}")
+        if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core to numpy._core
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of `_codecs.encode` in such files, with the codec pinned."""
+    if encoding not in ("latin1", "latin-1"):
+        raise RefusedPickle(f"refusing codec {encoding!r}")
+    return text.encode("latin1")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing; the folder must hold the unpacked official "
+                        f"cifar-10-python.tar.gz ({', '.join(TRAIN_FILES)}, {TEST_FILE})") from None
+    except RefusedPickle as e:
+        raise DataError(f"{path} is not a CIFAR-10 batch file ({e}); replace it with the official file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
+                        f"delete the folder and download or unpack CIFAR-10 again") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} does not hold a CIFAR batch (a dict), found {type(obj).__name__}")
+    # Python-2 pickles decode keys as str with latin1; files written by Python 3 tools may use bytes.
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (uint8 [N, 32, 32, 3], int64 [N]); shape errors are reported, not raised raw."""
+    d = _load_pickle(path)
+    if "data" not in d or ("labels" not in d and "fine_labels" not in d):
+        raise DataError(f"{path} has no 'data'/'labels' entries (keys: {sorted(map(str, d))[:6]})")
+    data = np.asarray(d["data"])
+    labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise DataError(f"{path} has data of shape {data.shape} ({data.dtype}) and {labels.shape[0]} labels; "
+                        f"expected uint8 [N, 3072] with N labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path} has labels outside 0..9")
+    # Rows are channel-planar (1024 R, 1024 G, 1024 B); convert to HWC for Albumentations/OpenCV.
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def load_cifar10(data_dir: str | Path, download: bool = True) -> CifarArrays:
+    """Load CIFAR-10 from `data_dir/cifar-10-batches-py/`, downloading it there first if allowed."""
+    root = Path(data_dir)
+    folder = root / BATCHES_DIR
+    if not (folder / TEST_FILE).exists():
+        if not download:
+            raise DataError(f"CIFAR-10 not found: {folder} does not exist; unpack cifar-10-python.tar.gz "
+                            f"into {root} or drop --no-download")
+        _download(root)
+    parts = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_x, test_y = read_batch(folder / TEST_FILE)
+    classes = CIFAR10_CLASSES
+    if (folder / META_FILE).exists():
+        names = _load_pickle(folder / META_FILE).get("label_names")
+        if isinstance(names, list) and len(names) == 10:
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    return CifarArrays(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                       test_x, test_y, classes)
+
+
+def _download(root: Path) -> None:
+    """torchvision download, under a file lock so parallel processes (DDP ranks, trials) don't race."""
+    from filelock import FileLock
+    from torchvision.datasets import CIFAR10
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".cifar10.lock")):
+        if (root / BATCHES_DIR / TEST_FILE).exists():  # another process finished while we waited
+            return
+        try:
+            CIFAR10(str(root), train=True, download=True)
+        except Exception as e:  # network errors come in many types; all mean the same to the user
+            raise DataError(f"CIFAR-10 is not in {root / BATCHES_DIR} and downloading it failed ({e.__class__.__name__}); "
+                            f"put the official cifar-10-python.tar.gz unpacked there "
+                            f"(data_batch_1..5, test_batch, batches.meta)") from None
+
+
+# ----------------------------------------------------------------------------- splits and statistics
+@dataclass(frozen=True)
+class Split:
+    """Indices into the 50,000 training images (and the 10,000 test images)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pick n indices with class proportions kept (largest remainder); return (picked, rest)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: n - take.sum()]] += 1
+    picked, rest = [], []
+    for c, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        picked.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(picked)), np.sort(np.concatenate(rest))
+
+
+def make_split(train_y: np.ndarray, test_y: np.ndarray, val_size: int, subset: int = 0,
+               test_subset: int = 0) -> Split:
+    """Stratified, seeded split: optional subset of the training images, then the validation part."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    pool = np.arange(len(train_y))
+    if subset and subset < len(pool):
+        pool, _ = _stratified_take(train_y, subset, rng)
+    if val_size >= len(pool):
+        raise DataError(f"--val-size {val_size} leaves no training images out of {len(pool)}")
+    val_pos, train_pos = (_stratified_take(train_y[pool], val_size, rng) if val_size
+                          else (np.array([], dtype=np.int64), np.arange(len(pool))))
+    test = np.arange(len(test_y))
+    if test_subset and test_subset < len(test):
+        test, _ = _stratified_take(test_y, test_subset, rng)
+    return Split(pool[train_pos], pool[val_pos], test)
+
+
+def channel_stats(images: np.ndarray, cache_dir: Path | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of the given training images, cached by their content hash."""
+    key = hashlib.sha1(images.tobytes()[:: max(1, images.size // 1_000_000)] + str(images.shape).encode()).hexdigest()
+    cache = Path(cache_dir) / "cifar10_stats.json" if cache_dir else None
+    stored = {}
+    if cache and cache.exists():
+        try:
+            stored = json.loads(cache.read_text())
+            return tuple(stored[key]["mean"]), tuple(stored[key]["std"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
+    if cache:
+        try:  # the cache is an optimisation: a read-only data folder must not stop training
+            stored[key] = {"mean": mean, "std": std}
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stored))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return mean, std
+
+
+# ----------------------------------------------------------------------------- datasets and loaders
+class EpochSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch), identical on every rank.
+
+    Each yielded index carries its epoch (`epoch * n + i`) because persistent workers never see
+    `set_epoch`; the dataset decodes it and keys its augmentation randomness on it.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = range(self.n)
+        base = self.epoch * self.n
+        return iter([base + i for i in order])
+
+
+class CifarDataset(Dataset):
+    """Images and labels at given indices, with an Albumentations transform applied per batch.
+
+    `__getitems__` (used by DataLoader for whole batches) reseeds the transform once per batch from
+    (seed, epoch, first index): cheap, and independent of which worker or rank takes the batch.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 transform: Callable | None, seed: int = 0, channels_last: bool = False) -> None:
+        self.images, self.labels, self.indices = images, labels, np.asarray(indices, dtype=np.int64)
+        self.transform, self.seed, self.channels_last = transform, seed, channels_last
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, keys: Sequence[int]):
+        n = len(self.indices)
+        epoch, first = divmod(int(keys[0]), n)
+        pos = np.asarray(keys, dtype=np.int64) % n
+        src = self.indices[pos]
+        if self.transform is not None:
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]))
+            batch = np.stack([self.transform(image=img)["image"] for img in self.images[src]])
+        else:
+            batch = self.images[src].astype(np.float32) / 255.0
+        # NHWC -> NCHW view: memory stays channels_last, which GPU convolutions prefer; CPU
+        # convolutions run about 3x slower on it, so there the batch is made contiguous.
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        if not self.channels_last:
+            x = x.contiguous()
+        # Third item: positions in the source array, so predictions can name their images.
+        return x, torch.from_numpy(self.labels[src]), torch.from_numpy(src)
+
+
+def _passthrough(batch):
+    """The dataset already returns a collated batch."""
+    return batch
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Numpy/random state per worker and rank, for any randomness outside the keyed transforms."""
+    import random
+
+    import cv2
+
+    cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe the cores
+    rank = int(os.environ.get("RANK", 0))
+    seed = (torch.initial_seed() + 1009 * rank + worker_id) % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int,
+                drop_last: bool, pin_memory: bool) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader over `dataset`, and the sampler whose `set_epoch` drives shuffling and augmentation."""
+    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=_passthrough,
+        # Own generator: the workers' base seed must not consume the global torch RNG, or a resumed
+        # run would draw dropout masks from a different stream than an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, sampler

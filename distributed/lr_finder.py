@@ -1,0 +1,69 @@
+"""LR range test (Smith 2015; fastai's lr_find): loss against an exponentially rising learning rate.
+
+No scheduler runs during the test; the model and optimiser it trains are thrown away afterwards.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distributed.config import TrainConfig
+
+
+def suggest_max_lr(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """Steepest descent of the smoothed loss, before the minimum: where learning is fastest.
+
+    OneCycle's peak goes a little past that point; the minimum itself already diverges next step.
+    """
+    lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
+    stop = int(np.argmin(losses)) + 1
+    if stop < 3:
+        return float(lrs[max(0, stop - 1)])
+    slopes = np.gradient(losses[:stop], np.log(lrs[:stop]))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def run_range_test(cfg: TrainConfig, accelerator, pipeline, start_lr: float = 1e-5, end_lr: float = 10.0,
+                   num_steps: int = 100, smooth: float = 0.05, diverge: float = 4.0) -> dict[str, Any]:
+    """Train `num_steps` batches with lr from start_lr to end_lr (log-uniform); stop on divergence.
+
+    Returns lrs, raw and smoothed losses and the suggested max_lr (the caller adds the chosen one).
+    """
+    model, opt = pipeline.model, pipeline.optimizer
+    num_steps = max(5, min(num_steps, len(pipeline.train_loader) * 3))
+    gamma = (end_lr / start_lr) ** (1 / (num_steps - 1))
+    model.train()
+    lrs, raw, smoothed, avg, best = [], [], [], 0.0, math.inf
+    step, epoch = 0, 0
+    while step < num_steps:
+        pipeline.train_sampler.set_epoch(10_000 + epoch)  # epochs no real run uses
+        for x, y, _ in pipeline.train_loader:
+            lr = start_lr * gamma ** step
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            value = accelerator.reduce(loss.detach().float(), "mean").item()
+            avg = smooth * value + (1 - smooth) * avg if step else value
+            lrs.append(lr)
+            raw.append(value)
+            smoothed.append(avg)
+            best = min(best, avg)
+            step += 1
+            if not math.isfinite(avg) or avg > diverge * best or step >= num_steps:
+                break
+        else:
+            epoch += 1
+            continue
+        break
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    lrs_f, sm_f = np.array(lrs)[finite], np.array(smoothed)[finite]
+    suggested = suggest_max_lr(lrs_f, sm_f)
+    return {"lrs": lrs, "losses": raw, "smoothed": smoothed, "suggested_max_lr": suggested,
+            "start_lr": start_lr, "end_lr": end_lr}

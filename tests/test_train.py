@@ -1,0 +1,187 @@
+"""Training: loss goes down, the run directory, kill -9 and resume, bad input, LR range test."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from distributed import rundir
+from distributed.config import ConfigError, TrainConfig
+from distributed.engine import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tiny but real: 60 training images, 3 steps of 20 per epoch (~2 s an epoch on a 2-core CPU).
+TINY = dict(subset=80, val_size=20, test_subset=30, batch_size=20, eval_batch_size=16, num_workers=0,
+            max_lr=0.05, label_smoothing=0.0, download=False)
+
+
+def tiny_cfg(data_dir, runs_dir, **kw):
+    return TrainConfig(data_dir=str(data_dir), runs_dir=str(runs_dir), **{**TINY, **kw})
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "distributed" / "train.py"), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def tiny_flags(data_dir, runs_dir):
+    flags = ["--data-dir", data_dir, "--runs-dir", runs_dir, "--no-download", "--no-report"]
+    for k, v in TINY.items():
+        if k != "download":
+            flags += ["--" + k.replace("_", "-"), v]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def basic_run(fake_cifar, tmp_path_factory):
+    """One finished 3-epoch run that several tests read (training is the slow part on CPU)."""
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_cfg(fake_cifar, runs, name="basic", epochs=3)
+    return cfg, fit(cfg, progress=False), runs / "basic"
+
+
+def copy_unfinished(run: Path, dest: Path) -> Path:
+    """A copy of a run that looks interrupted after its last checkpoint (no summary)."""
+    import shutil
+    shutil.copytree(run, dest)
+    (dest / rundir.SUMMARY).unlink()
+    return dest
+
+
+def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
+    cfg, summary, run = basic_run
+    rows = rundir.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    for key in ("train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_sec", "data_wait_frac"):
+        assert rows[0][key] is not None, key
+    saved = rundir.read_json(run / rundir.CONFIG)
+    assert TrainConfig.from_dict(saved["config"]) == cfg
+    assert saved["versions"]["torch"] and saved["num_params"] == 11_173_962
+    assert saved["split"] == {"train": 60, "val": 20, "test": 30}
+    pred = rundir.load_predictions(run)
+    assert pred["logits"].shape == (30, 10) and sorted(pred["indices"].tolist()) == pred["indices"].tolist()
+    assert summary["test_count"] == 30 and summary["test_acc"] == pytest.approx(
+        (pred["logits"].argmax(1) == pred["labels"]).mean())
+    assert summary["best_epoch"] in (1, 2, 3) and summary["ranks_in_sync"]
+    assert (run / rundir.FINAL_WEIGHTS).exists() and (run / rundir.BEST_WEIGHTS).exists()
+    assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]  # keep_checkpoints=2
+    weights = load_file(str(run / rundir.FINAL_WEIGHTS))
+    assert sum(v.size for k, v in weights.items() if "running" not in k and "num_batches" not in k) == 11_173_962
+
+
+def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
+    cfg = tiny_cfg(fake_cifar, tmp_path, name="once", epochs=1)
+    (tmp_path / "once").mkdir()
+    (tmp_path / "once" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        fit(cfg, progress=False)
+
+
+def _comparable(rows):
+    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "wall_seconds"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def test_kill_9_then_resume_ends_exactly_like_an_uninterrupted_run(fake_cifar, tmp_path):
+    flags = tiny_flags(fake_cifar, tmp_path) + ["--epochs", 4, "--deterministic", "--dropout", 0.2]
+    full = cli(*flags, "--name", "full", timeout=600)
+    assert full.returncode == 0, full.stderr
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "distributed" / "train.py"), *map(str, flags),
+                             "--name", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not rundir.checkpoint_dirs(tmp_path / "killed") and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up, mid-epoch 2 or mid-checkpoint
+    proc.wait()
+    assert not (tmp_path / "killed" / rundir.SUMMARY).exists(), "the run finished before it was killed"
+
+    resumed = cli("--name", "killed", "--runs-dir", tmp_path, "--resume", "--no-report", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "killed")
+    assert _comparable(a) == _comparable(b)
+    wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    sa = json.loads((tmp_path / "full" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert sa["test_acc"] == sb["test_acc"] and sa["best_val_acc"] == sb["best_val_acc"]
+
+
+def test_a_half_written_checkpoint_is_ignored_on_resume(basic_run, tmp_path):
+    cfg, _, run = basic_run
+    run = copy_unfinished(run, tmp_path / "basic")
+    # What a kill during save_state leaves: a temp folder, never an epoch_NNNN one.
+    (run / "checkpoints" / ".tmp_epoch_0004").mkdir()
+    assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]
+    longer = cfg.replace(runs_dir=str(tmp_path))
+    summary = fit(longer, resume=True, progress=False)  # epoch 3 of 3 is done: only the test eval runs
+    assert summary["epochs"] == 3 and summary["test_count"] == 30
+    assert len(rundir.read_metrics(run)) == 3
+
+
+def test_resume_refuses_a_changed_recipe(basic_run, tmp_path):
+    cfg, _, run = basic_run
+    copy_unfinished(run, tmp_path / "basic")
+    with pytest.raises(ConfigError, match="differs from .* in: max_lr"):
+        fit(cfg.replace(runs_dir=str(tmp_path), max_lr=0.2), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-lr", "-0.1"], "invalid --max-lr -0.1: the learning rate must be > 0"),
+    (["--flip-p", "1.5"], "invalid --flip-p 1.5: a probability must be in [0, 1]"),
+    (["--epochs", "0"], "invalid --epochs 0: must be >= 1"),
+    (["--dropout", "1"], "invalid --dropout 1.0: must be in [0, 1)"),
+    (["--scheduler", "cosine"], "invalid --scheduler 'cosine': choose onecycle, plateau or step"),
+])
+def test_invalid_values_are_rejected_with_one_line_before_anything_starts(tmp_path, flags, message):
+    r = cli("--runs-dir", tmp_path, "--data-dir", tmp_path / "nodata", *flags, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {message}"
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_unknown_flags_and_missing_data_fail_cleanly(tmp_path):
+    r = cli("--max-lrr", "0.1", timeout=120)
+    assert r.returncode == 2 and "unrecognized arguments: --max-lrr" in r.stderr
+    r = cli("--runs-dir", tmp_path, "--data-dir", tmp_path / "nodata", "--no-download", "--no-report", timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: CIFAR-10 not found") and "Traceback" not in r.stderr
+
+
+def test_download_failure_says_where_to_put_the_files(tmp_path, monkeypatch):
+    import torchvision.datasets
+    from distributed.data import DataError, load_cifar10
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError, match="downloading it failed .* put the official cifar-10-python.tar.gz"):
+        load_cifar10(tmp_path / "d", download=True)
+
+
+def test_lr_range_test_writes_curve_and_suggestion(fake_cifar, tmp_path):
+    cfg = tiny_cfg(fake_cifar, tmp_path, name="lr", epochs=1)
+    fit(cfg, find_lr=True, progress=False)
+    res = rundir.read_json(tmp_path / "lr" / rundir.LR_FIND)
+    lrs = res["lrs"]
+    assert len(lrs) >= 5 and all(b > a for a, b in zip(lrs, lrs[1:]))  # rising, no scheduler in between
+    assert lrs[0] <= res["suggested_max_lr"] <= lrs[-1]
+    saved = rundir.read_json(tmp_path / "lr" / rundir.CONFIG)["config"]
+    assert saved["max_lr"] == res["chosen_max_lr"] == res["suggested_max_lr"]
+
+
+def test_suggested_lr_is_the_steepest_descent_before_the_minimum():
+    from distributed.lr_finder import suggest_max_lr
+    lrs = np.logspace(-4, 1, 50)
+    losses = 2.3 - 1.0 / (1 + np.exp(-(np.log10(lrs) + 2) * 4))  # steepest at 1e-2
+    losses[40:] += np.linspace(0, 5, 10)  # diverges at the end
+    assert 0.5e-2 < suggest_max_lr(lrs, losses) < 2e-2
