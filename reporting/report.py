@@ -1,0 +1,550 @@
+"""Static HTML report of a training run or a search: `build_report(run_dir) -> reports/index.html`.
+
+Reads only the run directory contract (`distributed/rundir.py`), the test images of the data
+set the run used, and the saved weights; GradCAM runs on the few images shown, so a report
+builds in seconds on a CPU.  The page is self-contained: inline CSS, PNGs next to it, no
+scripts and no network requests, so it opens from file://.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distributed import rundir
+from distributed.config import ConfigError, TrainConfig
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "index.html.j2"
+SEARCH_FILES = ("search.json", "results.csv")
+# Columns of results.csv that describe a trial's outcome, not its configuration.
+_OUTCOME_COLUMNS = {"trial_id", "trial", "id", "status", "epochs", "epoch", "epochs_reached", "training_iteration",
+                    "val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc", "test_acc", "wall_seconds",
+                    "time_total_s", "error", "logdir", "path", "best_epoch", "images_per_sec"}
+
+
+class ReportError(Exception):
+    """A run directory or data set the report cannot use; the message is one actionable line."""
+
+
+@dataclass
+class Run:
+    """Everything read from one run directory."""
+
+    path: Path
+    meta: dict[str, Any]              # config.json as written (config, versions, hostname, ...)
+    config: TrainConfig
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    lr_find: dict[str, Any] | None
+    predictions: dict[str, np.ndarray]
+    weights: Path
+
+
+# ----------------------------------------------------------------------------- reading
+def _read_json(path: Path) -> Any:
+    try:
+        return rundir.read_json(path)
+    except FileNotFoundError:
+        raise ReportError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ReportError(f"cannot read {path}: {e.strerror}") from None
+
+
+def is_search_dir(path: Path) -> bool:
+    """A `runs/search-<name>/` directory (tuning/search.py), as opposed to one training run."""
+    path = Path(path)
+    return (path / "best").is_dir() and any((path / f).exists() for f in SEARCH_FILES)
+
+
+def load_run(path: Path) -> Run:
+    """Read and check one run directory; raise ReportError naming the first problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"run directory {path} does not exist")
+    if not (path / rundir.PREDICTIONS).exists():
+        raise ReportError(f"{path} has no {rundir.PREDICTIONS}: the run has not finished its test evaluation")
+    meta = _read_json(path / rundir.CONFIG)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ReportError(f"{path / rundir.CONFIG} has no \"config\" object")
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except (ConfigError, TypeError) as e:
+        raise ReportError(f"{path / rundir.CONFIG}: {e}") from None
+    summary = _read_json(path / rundir.SUMMARY)
+    if not isinstance(summary, dict) or "mean" not in summary or "std" not in summary:
+        raise ReportError(f"{path / rundir.SUMMARY} lacks the normalisation \"mean\"/\"std\"")
+    lr_find = _read_json(path / rundir.LR_FIND) if (path / rundir.LR_FIND).exists() else None
+    try:
+        predictions = rundir.load_predictions(path)
+    except (OSError, ValueError, EOFError) as e:  # zip errors are ValueError/OSError subclasses
+        raise ReportError(f"{path / rundir.PREDICTIONS} is unreadable ({e})") from None
+    missing = {"logits", "labels", "indices"} - set(predictions)
+    if missing:
+        raise ReportError(f"{path / rundir.PREDICTIONS} lacks {', '.join(sorted(missing))}")
+    # The weights that produced predictions.npz (summary "weights"), so GradCAM explains the very
+    # predictions shown; older runs without that field: best, else final.
+    named = summary.get("weights")
+    candidates = ([named] if isinstance(named, str) and "/" not in named else []) + [rundir.BEST_WEIGHTS,
+                                                                                     rundir.FINAL_WEIGHTS]
+    weights = next((path / f for f in candidates if (path / f).is_file()), None)
+    if weights is None:
+        raise ReportError(f"{path} has neither {rundir.BEST_WEIGHTS} nor {rundir.FINAL_WEIGHTS}")
+    return Run(path, meta, config, summary, _one_row_per_epoch(rundir.read_metrics(path)), lr_find,
+               predictions, weights)
+
+
+def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch order, the last row of each epoch winning (a resumed run may repeat epochs it redid)."""
+    by_epoch = {}
+    for r in rows:
+        if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float)):
+            by_epoch[int(r["epoch"])] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def load_model(run: Run, num_classes: int, device: str):
+    """ResNet18 with the run's weights, in eval mode on `device`."""
+    import torch
+    from safetensors.torch import load_file
+
+    from distributed.model import resnet18
+
+    model = resnet18(num_classes=num_classes, dropout=run.config.dropout)
+    try:
+        state = load_file(str(run.weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ReportError(f"{run.weights} is not a readable safetensors file ({e})") from None
+    # Weights saved from a DDP or compiled model carry wrapper prefixes; the architecture is the same.
+    for prefix in ("module.", "_orig_mod."):
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ReportError(f"{run.weights} does not fit resnet18 ({first})") from None
+    return model.to(torch.device(device)).eval()
+
+
+def _load_test_set(run: Run, data_dir: str | Path | None):
+    from distributed.data import DataError, load_cifar10
+
+    root = Path(data_dir) if data_dir is not None else Path(run.config.data_dir)
+    try:
+        data = load_cifar10(root, download=False)
+    except DataError as e:
+        raise ReportError(f"{e} (the report needs the run's test images; pass --data-dir)") from None
+    idx, labels = run.predictions["indices"], run.predictions["labels"]
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(data.test_y)):
+        raise ReportError(f"{rundir.PREDICTIONS} refers to test image {int(idx.max())} but {root} has "
+                          f"{len(data.test_y)}; pass the run's --data-dir")
+    if not np.array_equal(data.test_y[idx], labels):
+        raise ReportError(f"the labels in {rundir.PREDICTIONS} do not match the test set in {root}: "
+                          f"it is not the data the run was evaluated on; pass the run's --data-dir")
+    return data
+
+
+def read_results_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a search's results.csv (empty when absent)."""
+    if not Path(path).exists():
+        return [], []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [dict(r) for r in reader]
+            return list(reader.fieldnames or []), rows
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise ReportError(f"{path} is not a readable CSV file ({e})") from None
+
+
+# ----------------------------------------------------------------------------- numbers
+def classification_stats(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Predictions, confidences, confusion matrix and per-class precision/recall/F1."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    pred = probs.argmax(axis=1)
+    cm = np.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.full(num_classes, np.nan), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.full(num_classes, np.nan), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.full(num_classes, np.nan),
+                   where=(precision + recall) > 0)
+    return {"probs": probs, "pred": pred, "conf": probs[np.arange(len(pred)), pred], "cm": cm,
+            "support": support, "correct": tp.astype(int), "precision": precision, "recall": recall, "f1": f1,
+            "accuracy": float(tp.sum() / max(1, len(labels)))}
+
+
+# ----------------------------------------------------------------------------- formatting
+def _pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}%"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(float(seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d} ({float(seconds):.1f} s)"
+
+
+def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
+    rows = []
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, dict):
+            rows += [(f"{k}.{k2}", str(v2)) for k2, v2 in v.items()]
+        else:
+            rows.append((k, str(v)))
+    return rows
+
+
+def _cell(v: Any) -> str:
+    """A CSV cell for display: numbers rounded, everything else as text (escaped by the template)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
+    if isinstance(v, str) and not v.strip():
+        return ""
+    return str(v) if f.is_integer() and "e" not in str(v).lower() else f"{f:.4g}"
+
+
+def _display(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """A transform's output (normalised, HWC or CHW, numpy or tensor) back to RGB in [0, 1]."""
+    x = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32)
+    if x.ndim == 3 and x.shape[0] == 3 and x.shape[-1] != 3:
+        x = x.transpose(1, 2, 0)
+    return np.clip(x * std + mean, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- the report
+@dataclass
+class _Page:
+    """What the section builders share: inputs, the output folder, and the figures written so far."""
+
+    run: Run
+    data: Any                          # distributed.data.CifarArrays
+    stats: dict[str, Any]
+    out: Path
+    mean: np.ndarray
+    std: np.ndarray
+    figs: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.data.classes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.run.predictions["labels"].astype(np.int64)
+
+    def image(self, row: int) -> np.ndarray:
+        """The test image of predictions row `row`."""
+        return self.data.test_x[int(self.run.predictions["indices"][row])]
+
+    def fig(self, key: str, filename: str, alt: str) -> Path:
+        """Register a figure for the template (src + alt text) and return where to write it."""
+        self.figs[key] = {"src": filename, "alt": alt}
+        return self.out / filename
+
+    def caption(self, row: int) -> str:
+        """'true: cat', 'pred: dog 93%' on two lines, for one predictions row."""
+        c, s = self.classes, self.stats
+        return f"true: {c[self.labels[row]]}\npred: {c[s['pred'][row]]} {100 * s['conf'][row]:.0f}%"
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_dir: str | Path | None = None,
+                 device: str | None = None, n_examples: int = 25, n_cam: int = 6, seed: int = 0) -> Path:
+    """Write `out_dir/index.html` and its PNGs for a run or search directory; return the HTML path.
+
+    `data_dir` overrides the data folder named in the run's config; `device` defaults to CUDA
+    when available.  `n_examples` images per example grid, GradCAM on the first `n_cam` of
+    them.  Raises ReportError for unusable input, before anything is written.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"run directory {run_dir} does not exist")
+    if (run_dir / "search.json").exists() and not (run_dir / "best").is_dir():
+        raise ReportError(f"search {run_dir} has no best/ yet: it is still running, or no trial finished")
+    search = _search_context(run_dir) if is_search_dir(run_dir) else None
+    run = load_run(run_dir / "best" if search else run_dir)
+    data = _load_test_set(run, data_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReportError("--device cuda given but no CUDA device is available")
+    model = load_model(run, len(data.classes), device)
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create the output folder {out}: {e.strerror}") from None
+    stats = classification_stats(run.predictions["logits"], run.predictions["labels"].astype(np.int64),
+                                 len(data.classes))
+    page = _Page(run, data, stats, out, np.asarray(run.summary["mean"], dtype=np.float32),
+                 np.asarray(run.summary["std"], dtype=np.float32))
+    _curve_figures(page)
+    _data_figures(page)
+    wrong, right = _example_figures(page, n_examples, seed)
+    cam_all_image = _gradcam_figures(page, model, wrong[:n_cam], right[:n_cam], right, wrong)
+    if search and search["params"] and search["metric"]:
+        from reporting import figures
+
+        figures.plot_hparams(search["rows"], search["params"], search["metric"], page.fig(
+            "hparams", "hparams.png",
+            f"Validation accuracy of each trial against each searched hyperparameter "
+            f"({', '.join(search['params'])})"))
+
+    summary_rows = _summary_rows(run, stats)
+    meta = run.meta
+    provenance = [(k, str(meta[k])) for k in ("created", "hostname", "git_commit") if meta.get(k) is not None]
+    provenance += [(f"version: {k}", str(v)) for k, v in (meta.get("versions") or {}).items()]
+    classes = page.classes
+    context = {
+        "title": f"CIFAR-10 report: {run.config.name}" + (f" (search {search['name']})" if search else ""),
+        "run_path": str(run.path),
+        "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "summary": summary_rows,
+        # The four numbers a reader looks for first, without the parenthesised details.
+        "headline": [(k, v.split(" (")[0]) for k, v in summary_rows
+                     if k in ("Test accuracy", "Best validation accuracy", "Epochs", "Wall time (training)")],
+        "provenance": provenance,
+        "config": _flat_config(run.config),
+        "figs": page.figs,
+        "lr_find": _lr_find_rows(run.lr_find),
+        "per_class": [{"name": classes[c], "support": int(stats["support"][c]), "correct": int(stats["correct"][c]),
+                       "precision": _pct(stats["precision"][c]), "recall": _pct(stats["recall"][c]),
+                       "f1": _pct(stats["f1"][c])} for c in range(len(classes))],
+        "accuracy": _pct(stats["accuracy"]),
+        "n_wrong_total": int((stats["pred"] != page.labels).sum()),
+        "cam_all_image": cam_all_image,
+        "search": search,
+        "n_examples": n_examples,
+    }
+    path = out / "index.html"
+    path.write_text(_render(context), encoding="utf-8")
+    return path
+
+
+def _curve_figures(page: _Page) -> None:
+    from reporting import figures
+
+    metrics, lr_find = page.run.metrics, page.run.lr_find
+    if metrics:
+        figures.plot_curves(metrics, page.fig(
+            "curves", "curves.png", "Training and validation loss (left) and accuracy (right) per epoch"))
+        if any(r.get("lr") is not None for r in metrics):
+            figures.plot_lr_schedule(metrics, page.fig("lr", "lr_schedule.png",
+                                                       "Learning rate at the end of each epoch"))
+    if lr_find and lr_find.get("lrs"):
+        figures.plot_lr_find(lr_find, page.fig(
+            "lr_find", "lr_find.png",
+            "LR range test: training loss against learning rate, suggested and chosen maximum LR marked"))
+
+
+def _data_figures(page: _Page, per_class: int = 10, n_images: int = 4, n_draws: int = 7) -> None:
+    """Test images of each class, and the run's training augmentation drawn a few times per image."""
+    from distributed.augment import build_train_transform
+    from reporting import figures
+
+    data, k = page.data, len(page.classes)
+    by_class = [[data.test_x[i] for i in np.flatnonzero(data.test_y == c)[:per_class]] for c in range(k)]
+    figures.class_samples(by_class, page.classes, page.fig(
+        "samples", "samples.png", f"Up to {per_class} test images of each class, one class per row"))
+    # The transform is seeded (Compose(seed=0)), so the report shows the same draws every build.
+    train_tf = build_train_transform(page.run.config.aug, tuple(page.mean.tolist()), tuple(page.std.tolist()))
+    sources = [int(np.flatnonzero(data.test_y == c)[0]) for c in range(k) if (data.test_y == c).any()][:n_images]
+    images, titles = [], []
+    for i in sources:
+        images.append(data.test_x[i])
+        titles.append("original")
+        for j in range(n_draws):
+            images.append(_display(train_tf(image=data.test_x[i])["image"], page.mean, page.std))
+            titles.append(f"augmented {j + 1}")
+    figures.image_grid(images, page.fig(
+        "augment", "augmentation.png",
+        f"{len(sources)} test images, each shown original then with {n_draws} random draws of the training "
+        f"augmentation"), ncols=1 + n_draws, titles=titles)
+
+
+def _example_figures(page: _Page, n_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix, the most confident mistakes and a random sample of correct predictions.
+
+    Returns the predictions rows shown (mistakes most confident first, correct ones in test order).
+    """
+    from reporting import figures
+
+    stats, labels = page.stats, page.labels
+    figures.plot_confusion(stats["cm"], page.classes, page.fig(
+        "confusion", "confusion.png", "Confusion matrix of the test set, counts (left) and row-normalised (right)"))
+    wrong = np.flatnonzero(stats["pred"] != labels)
+    wrong = wrong[np.argsort(-stats["conf"][wrong], kind="stable")][:n_examples]
+    right = np.flatnonzero(stats["pred"] == labels)
+    right = np.sort(np.random.default_rng(seed).permutation(right)[:n_examples])
+    for key, rows, what, colour in (("wrong", wrong, "misclassified", "tab:red"),
+                                    ("right", right, "correctly classified", "tab:green")):
+        if len(rows):
+            figures.image_grid(
+                [page.image(r) for r in rows], page.fig(
+                    key, f"{key}.png", f"{len(rows)} {what} test images with true class, predicted class and "
+                                       f"confidence"),
+                ncols=5, titles=[page.caption(r) for r in rows], title_colours=[colour] * len(rows))
+    return wrong, right
+
+
+def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.ndarray, right: np.ndarray,
+                     wrong: np.ndarray) -> dict[str, Any] | None:
+    """GradCAM grids of the first shown examples, and of one image for every class.
+
+    Targets are the classes stored in predictions.npz, so the maps explain the predictions the
+    page shows.  Returns the description of the all-classes image (None without test images).
+    """
+    import torch
+
+    from distributed.augment import build_test_transform
+    from distributed.model import LAYER_NAMES
+    from reporting import figures
+    from reporting.gradcam import GradCAM, gradcam_all_classes, overlay
+
+    stats, labels, classes, layers = page.stats, page.labels, page.classes, LAYER_NAMES
+    test_tf = build_test_transform(tuple(page.mean.tolist()), tuple(page.std.tolist()))
+
+    def normalised(rows: np.ndarray) -> torch.Tensor:
+        batch = np.stack([test_tf(image=page.image(r))["image"] for r in rows])
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+
+    def overlays(row: int, res, i: int) -> list[np.ndarray]:
+        return [overlay(page.image(row), res.maps[name][i].cpu().numpy()) for name in layers]
+
+    def row_label(r: int) -> str:
+        return f"true {classes[labels[r]]}\npred {classes[stats['pred'][r]]}\n{100 * stats['conf'][r]:.0f}%"
+
+    with GradCAM(model, layers) as cam:
+        if len(cam_right):
+            res = cam(normalised(cam_right), torch.as_tensor(stats["pred"][cam_right]))
+            figures.cam_grid([[page.image(r)] + overlays(r, res, i) for i, r in enumerate(cam_right)],
+                             ["image", *layers], [row_label(r) for r in cam_right], page.fig(
+                "cam_right", "gradcam_correct.png",
+                f"GradCAM heatmaps of {len(cam_right)} correctly classified images for the predicted class, "
+                f"one row per image, one column per layer (layer1 to layer4)"))
+        if len(cam_wrong):
+            x = normalised(cam_wrong)
+            by_pred = cam(x, torch.as_tensor(stats["pred"][cam_wrong]))
+            by_true = cam(x, torch.as_tensor(labels[cam_wrong]))
+            figures.cam_grid(
+                [[page.image(r)] + overlays(r, by_pred, i) + overlays(r, by_true, i) for i, r in enumerate(cam_wrong)],
+                ["image"] + [f"{which}\n{name}" for which in ("predicted", "true") for name in layers],
+                [row_label(r) for r in cam_wrong], page.fig(
+                    "cam_wrong", "gradcam_misclassified.png",
+                    f"GradCAM heatmaps of {len(cam_wrong)} misclassified images: columns 2 to 5 explain the "
+                    f"predicted class, columns 6 to 9 the true class, for layer1 to layer4"))
+
+    # The most confidently correct image: its true class's map is a clear reference for the other nine.
+    pick = right[np.argmax(stats["conf"][right])] if len(right) else (wrong[0] if len(wrong) else None)
+    if pick is None:
+        return None
+    res = gradcam_all_classes(model, normalised(np.array([pick]))[0], layers)
+    img, probs = page.image(pick), stats["probs"][pick]
+    figures.cam_grid([[img] + [overlay(img, res.maps[name][c].cpu().numpy()) for c in range(len(classes))]
+                      for name in layers],
+                     ["image"] + [f"{classes[c]}\n{100 * probs[c]:.1f}%" for c in range(len(classes))],
+                     list(layers), page.fig(
+        "cam_all", "gradcam_all_classes.png",
+        f"GradCAM of one test image (true class {classes[labels[pick]]}) for each of the {len(classes)} classes, "
+        f"one row per layer, with the model's probability for each class"))
+    return {"true": classes[labels[pick]], "pred": classes[stats["pred"][pick]],
+            "conf": f"{100 * stats['conf'][pick]:.1f}%", "test_index": int(page.run.predictions["indices"][pick])}
+
+
+def _summary_rows(run: Run, stats: dict[str, Any]) -> list[tuple[str, str]]:
+    s, meta = run.summary, run.meta
+    last_val = next((r.get("val_acc") for r in reversed(run.metrics) if r.get("val_acc") is not None), None)
+    best_epoch = f" (epoch {s['best_epoch']})" if s.get("best_epoch") is not None else ""
+    rate = s.get("images_per_sec")
+    return [
+        ("Test accuracy", _pct(s.get("test_acc", stats["accuracy"]))),
+        ("Test loss", f"{s['test_loss']:.4f}" if isinstance(s.get("test_loss"), (int, float)) else "–"),
+        ("Best validation accuracy", _pct(s.get("best_val_acc")) + best_epoch),
+        ("Final validation accuracy", _pct(last_val)),
+        ("Epochs", str(s.get("epochs", len(run.metrics)))),
+        ("Wall time (training)", _duration(s.get("wall_seconds"))),
+        ("Training throughput", f"{float(rate):,.0f} images/s" if isinstance(rate, (int, float)) else "–"),
+        ("Hardware", str(s.get("device", meta.get("device", "–")))),
+        ("World size (processes)", str(s.get("world_size", meta.get("world_size", "–")))),
+        ("Mixed precision", str(s.get("mixed_precision", run.config.mixed_precision))),
+        ("Parameters", f"{int(s.get('num_params', meta.get('num_params', 0))):,}"),
+        ("Weights in this report", run.weights.name),
+        ("Test images", f"{len(run.predictions['labels']):,}"),
+        ("Normalisation mean / std", f"{_fmt_floats(s['mean'])} / {_fmt_floats(s['std'])}"),
+    ]
+
+
+def _fmt_floats(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.4f}" for v in values) + ")"
+
+
+def _lr_find_rows(lr_find: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not lr_find:
+        return []
+    return [(k, f"{float(lr_find[k]):.4g}") for k in ("suggested_max_lr", "chosen_max_lr")
+            if isinstance(lr_find.get(k), (int, float))]
+
+
+def _search_context(path: Path) -> dict[str, Any]:
+    """The search's settings, its trials table, and which columns are hyperparameters."""
+    settings = _read_json(path / "search.json") if (path / "search.json").exists() else {}
+    if not isinstance(settings, dict):
+        raise ReportError(f"{path / 'search.json'} must hold a JSON object")
+    columns, rows = read_results_csv(path / "results.csv")
+    metric = next((c for c in (settings.get("metric"), "best_val_acc", "val_acc") if c and c in columns), None)
+    space = settings.get("space") if isinstance(settings.get("space"), dict) else {}
+    params = [c for c in columns if c in space or c.split("/")[-1] in space]
+    if not params:
+        # No declared space: every column that varies between trials and is not an outcome.
+        params = [c for c in columns if c.split("/")[-1] not in _OUTCOME_COLUMNS
+                  and len({r.get(c) for r in rows}) > 1]
+    summary = settings.get("summary") if isinstance(settings.get("summary"), dict) else {}
+    best = summary.get("best_trial", settings.get("best_trial"))
+    id_column = next((c for c in ("trial_id", "trial", "id") if c in columns), None)
+    return {"name": path.name, "path": str(path), "columns": columns, "rows": rows,
+            "table": [{"cells": [_cell(r.get(c)) for c in columns],
+                       "best": best is not None and id_column is not None and r.get(id_column) == str(best)}
+                      for r in rows],
+            "metric": metric, "params": params, "settings": _flatten(settings),
+            "best": "" if best is None else str(best)}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested settings as dotted keys; lists as JSON."""
+    rows: list[tuple[str, str]] = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            rows += _flatten(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+    return rows
+
+
+def _render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    # autoescape on for every template: run names, class names and config strings are user input.
+    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(**context)
+
+
+__all__ = ["ReportError", "Run", "build_report", "classification_stats", "is_search_dir", "load_model",
+           "load_run", "read_results_csv"]
