@@ -185,3 +185,36 @@ def test_suggested_lr_is_the_steepest_descent_before_the_minimum():
     losses = 2.3 - 1.0 / (1 + np.exp(-(np.log10(lrs) + 2) * 4))  # steepest at 1e-2
     losses[40:] += np.linspace(0, 5, 10)  # diverges at the end
     assert 0.5e-2 < suggest_max_lr(lrs, losses) < 2e-2
+
+
+def test_schedules_onecycle_peaks_at_max_lr_and_ends_low_step_and_plateau_decay():
+    import torch
+    from distributed.engine import build_scheduler
+
+    def opt():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+
+    cfg = TrainConfig(epochs=4, max_lr=0.4, pct_start=0.25)
+    o = opt()
+    s = build_scheduler(cfg, o, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(o.param_groups[0]["lr"])
+        o.step()
+        s.step()
+    assert lrs[0] == pytest.approx(0.4 / cfg.div_factor)
+    assert max(lrs) == pytest.approx(0.4) and int(np.argmax(lrs)) == 9  # 25% of 40 steps
+    assert lrs[-1] < lrs[0] and min(lrs) > 0
+
+    o = opt()
+    s = build_scheduler(TrainConfig(scheduler="step", step_size=2, gamma=0.5, max_lr=0.4), o, 10)
+    o.param_groups[0]["lr"] = 0.4
+    for _ in range(4):
+        s.step()
+    assert o.param_groups[0]["lr"] == pytest.approx(0.1)
+
+    o = opt()
+    s = build_scheduler(TrainConfig(scheduler="plateau", patience=1, gamma=0.1, max_lr=0.4), o, 10)
+    for acc in (0.5, 0.5, 0.5):  # no improvement for more than `patience` epochs
+        s.step(acc)
+    assert o.param_groups[0]["lr"] == pytest.approx(0.1)
