@@ -1,0 +1,126 @@
+"""GradCAM for layer1..layer4: ours (`reporting.gradcam.GradCAM`) against `pytorch_grad_cam.GradCAM`.
+
+Ours: one forward + one backward per batch for all four layers, maps computed with torch ops.
+Library: one `pytorch_grad_cam.GradCAM` per layer (how its users would do four layers), each call
+its own forward + backward, numpy/cv2 post-processing.  Same batches, same target classes (the
+class ours predicts, passed to the library as `ClassifierOutputTarget`), timed batch by batch in
+alternating order; also the largest absolute difference between the two sets of maps.
+Goal: ours >= 10x faster, maps within 1e-4.
+
+    python benchmarks/bench_gradcam.py                         # CPU: 128 test images
+    python benchmarks/bench_gradcam.py --device cuda           # 10,000 test images
+    python benchmarks/bench_gradcam.py --weights runs/x/model.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from _common import add_device_arg
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_device_arg(p)
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py/")
+    p.add_argument("--num-images", type=int, default=None, help="test images (default: 10000 cuda, 128 cpu)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 500 cuda, 64 cpu")
+    p.add_argument("--weights", default=None, help="model.safetensors to explain (default: seeded random init)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    import numpy as np
+    import torch
+    from pytorch_grad_cam import GradCAM as LibGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from _common import base_info, emit, r, resolve_device, sync, timer
+    from distributed.data import channel_stats, load_cifar10
+    from distributed.model import LAYER_NAMES, resnet18
+    from reporting.gradcam import GradCAM
+
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    gpu = device == "cuda"
+    n = args.num_images or (10000 if gpu else 128)
+    bs = args.batch_size or (500 if gpu else 64)
+
+    data = load_cifar10(args.data_dir, download=False)
+    n = min(n, len(data.test_x))
+    mean, std = channel_stats(data.train_x, cache_dir=None)
+    x_all = torch.from_numpy(data.test_x[:n]).permute(0, 3, 1, 2).float().div(255.0)
+    x_all = (x_all - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+    torch.manual_seed(0)
+    model = resnet18()
+    if args.weights:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(args.weights))
+    model = model.to(device).eval()
+    layers = list(LAYER_NAMES)
+    lib_cams = {name: LibGradCAM(model=model, target_layers=[getattr(model, name)]) for name in layers}
+
+    ours_s = lib_s = 0.0
+    max_diff = 0.0
+    done = 0
+    with GradCAM(model, layers) as cam:
+        # Warm-up of both on one small batch (allocator, cuDNN autotune), not timed.
+        warm = x_all[:min(bs, 8)].to(device)
+        t = cam(warm).targets
+        for name in layers:
+            lib_cams[name](input_tensor=warm, targets=[ClassifierOutputTarget(int(c)) for c in t.tolist()])
+        for b, s in enumerate(range(0, n, bs)):
+            xb = x_all[s:s + bs]
+
+            def run_ours():
+                sync(device)
+                t0 = timer()
+                out = cam(xb.to(device))
+                maps = {k: v.cpu() for k, v in out.maps.items()}  # the report needs them on the host
+                sync(device)
+                return timer() - t0, maps, out.targets.cpu()
+
+            def run_lib(targets):
+                sync(device)
+                t0 = timer()
+                tg = [ClassifierOutputTarget(int(c)) for c in targets.tolist()]
+                maps = {k: lib_cams[k](input_tensor=xb.to(device), targets=tg) for k in layers}
+                sync(device)
+                return timer() - t0, maps
+
+            if b % 2 == 0:
+                dt_o, ours_maps, targets = run_ours()
+                dt_l, lib_maps = run_lib(targets)
+            else:  # the library needs targets first: take them from a cheap forward, untimed
+                with torch.no_grad():
+                    targets = model(xb.to(device)).argmax(1).cpu()
+                dt_l, lib_maps = run_lib(targets)
+                dt_o, ours_maps, t2 = run_ours()
+                assert torch.equal(t2, targets)
+            ours_s += dt_o
+            lib_s += dt_l
+            for k in layers:
+                max_diff = max(max_diff, float(np.abs(ours_maps[k].numpy() - lib_maps[k]).max()))
+            done += xb.shape[0]
+    for c in lib_cams.values():
+        c.activations_and_grads.release()
+
+    speedup = lib_s / ours_s
+    res = base_info("gradcam", device)
+    res.update({
+        "num_images": done, "batch_size": bs, "layers": layers, "weights": args.weights or "random-init(seed 0)",
+        "ours_s": r(ours_s, 3), "lib_s": r(lib_s, 3), "ours_images_per_s": r(done / ours_s, 1),
+        "lib_images_per_s": r(done / lib_s, 1), "speedup": r(speedup, 2), "goal_speedup_min": 10.0,
+        "max_abs_diff": max_diff, "goal_max_abs_diff": 1e-4,
+        "goal_met": bool(speedup >= 10.0 and max_diff <= 1e-4),
+    })
+    emit(res, f"gradcam [{device}, {done} images, 4 layers]: ours {ours_s:.2f} s vs pytorch-grad-cam {lib_s:.2f} s "
+              f"-> {speedup:.1f}x faster (goal 10x); max |diff| {max_diff:.2e} (goal 1e-4)")
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

@@ -1,0 +1,40 @@
+"""Benchmarks import without side effects and parse their flags (the runs themselves are too slow for CI)."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+NAMES = ["bench_input", "bench_step", "bench_gradcam", "bench_ddp", "bench_search"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help(name):
+    out = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--device" in out.stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_import_is_light(name):
+    sys.path.insert(0, str(BENCH))
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert "ray" not in set(sys.modules) - before
+
+
+def test_step_runs_tiny(monkeypatch, capsys):
+    sys.path.insert(0, str(BENCH))
+    import json
+
+    spec = importlib.util.spec_from_file_location("_bench_step_run", BENCH / "bench_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    mod.main(["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1"])
+    res = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert res["bench"] == "step" and res["ours_step_s"] > 0 and res["ratio_ours_over_bare"] > 0
