@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -178,8 +179,18 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     """
     opt = getattr(optimizer, "optimizer", optimizer)
     if cfg.scheduler == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        # OneCycleLR divides by the length of each phase, so both need whole steps. Tiny runs
+        # (a quick --subset check) get the warm-up clamped to fit, with a warning.
+        if total < 3:
+            raise ConfigError(f"invalid --scheduler onecycle: {total} optimiser steps in all is too few; "
+                              f"raise --epochs or --subset, lower --batch-size, or use --scheduler step")
+        pct_start = min(max(cfg.pct_start, 2 / total), (total - 1) / total)
+        if pct_start != cfg.pct_start:
+            warnings.warn(f"--pct-start {cfg.pct_start} leaves no whole warm-up phase in {total} steps; "
+                          f"using {pct_start:.3f}", stacklevel=2)
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start,
+            opt, max_lr=cfg.max_lr, total_steps=total, pct_start=pct_start,
             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
             base_momentum=0.85 * cfg.momentum, max_momentum=cfg.momentum, anneal_strategy="linear")
     if cfg.scheduler == "plateau":

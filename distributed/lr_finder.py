@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from distributed.config import TrainConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the config, run `fit`, build the report. Returns the exit code."""
-    from distributed.config import ConfigError, add_config_arguments, config_from_args, load_config
+    from distributed.config import ConfigError, add_config_arguments, config_from_args
 
     parser = argparse.ArgumentParser(description="Train ResNet18 on CIFAR-10 (Accelerate; CPU, GPU, DDP).")
     add_config_arguments(parser)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_report_helpers import make_fake_cifar_fallback, write_run_dir, write_search_dir
+from cifar_fixture import make_fake_cifar
+from conftest_report_helpers import write_search_dir
 from distributed import rundir
 from distributed.config import TrainConfig
 from reporting.report import build_report, classification_stats
@@ -35,31 +36,19 @@ CHROMIUM = "/usr/bin/chromium"
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    try:
-        from cifar_fixture import make_fake_cifar  # the project's shared helper, when present
-    except ImportError:
-        return make_fake_cifar_fallback(root, n_train=50, n_test=30)
-    make_fake_cifar(root, n_train=50, n_test=30)
-    return root
+    return make_fake_cifar(tmp_path_factory.mktemp("data"), n_train=50, n_test=30)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     path = runs / HOSTILE_NAME
-    try:
-        from distributed.engine import fit
-    except ImportError:
-        fit = None
-    if fit is not None:
-        cfg = TrainConfig(name=HOSTILE_NAME, data_dir=str(data_dir), runs_dir=str(runs), download=False,
-                          val_size=10, epochs=1, batch_size=20, eval_batch_size=64, num_workers=0,
-                          mixed_precision="no")
-        fit(cfg, path, progress=False)
-    else:
-        cfg = TrainConfig(name=HOSTILE_NAME, data_dir=str(data_dir), runs_dir=str(runs), epochs=3)
-        write_run_dir(path, data_dir, cfg)
+    from distributed.engine import fit
+
+    cfg = TrainConfig(name=HOSTILE_NAME, data_dir=str(data_dir), runs_dir=str(runs), download=False,
+                      val_size=10, epochs=2, batch_size=20, eval_batch_size=64, num_workers=0,
+                      mixed_precision="no")
+    fit(cfg, path, progress=False)
     # Hostile text where a report shows free-form provenance, and an LR range test (the contract's
     # lr_find.json) if the run had none, so every section is exercised.
     meta = rundir.read_json(path / rundir.CONFIG)

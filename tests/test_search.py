@@ -1,0 +1,195 @@
+"""Ray Tune search (tuning/): real searches on tiny synthetic CIFAR, CPU only.
+
+One Ray session (2 CPUs, no dashboard) is shared by the in-process searches; the resume test runs
+the CLI in subprocesses with their own Ray. Trials use 40 train / 20 val / 20 test images.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(subset=60, val_size=20, test_subset=20, batch_size=20, eval_batch_size=20, num_workers=0,
+            scheduler="step", download=False, mixed_precision="no")  # OneCycle needs more than 4 steps
+TINY_FLAGS = ["--subset", "60", "--val-size", "20", "--test-subset", "20", "--batch-size", "20",
+              "--eval-batch-size", "20", "--num-workers", "0", "--scheduler", "step", "--no-download"]
+# Everything constant except max_lr: trials differ only in what the test wants them to differ in.
+FIXED = {"dropout": 0.0, "weight_decay": 5e-4, "l1": 0.0, "flip_p": 0.0, "affine_p": 0.0, "color_p": 0.0,
+         "cutout_p": 0.0, "cutout_max": 8}
+GOOD_LR, BAD_LR, DIVERGING_LR = 0.05, 1e-5, 1e30
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _base(fake_cifar: Path, runs: Path, **kw):
+    from distributed.config import TrainConfig
+
+    return TrainConfig(**{"data_dir": str(fake_cifar), "runs_dir": str(runs), "epochs": 2, **TINY, **kw})
+
+
+def _results(search_dir: Path) -> list[dict[str, str]]:
+    with open(search_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
+    """4 trials in sequence, seed 0 draws max_lr = diverging, good, good, bad: the diverging one fails
+    (NonFiniteLossError -> ERROR) and the search goes on; ASHA stops the bad one after epoch 1;
+    the best trial is exported and tested once."""
+    from tuning.runner import SearchConfig, run_search
+
+    space = {**FIXED, "max_lr": {"type": "choice", "values": [BAD_LR, GOOD_LR, DIVERGING_LR]}}
+    search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
+                          seed=0, verbose=0)
+    # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not
+    summary = run_search(_base(fake_cifar, tmp_path, scheduler="onecycle", pct_start=0.5), search)
+    sdir = tmp_path / "search-asha"
+
+    rows = _results(sdir)
+    assert len(rows) == 4
+    by_lr = {}
+    for r in rows:
+        by_lr.setdefault(float(r["max_lr"]), []).append(r)
+    assert [r["status"] for r in by_lr[DIVERGING_LR]] == ["ERROR"]
+    assert "NonFiniteLossError" in by_lr[DIVERGING_LR][0]["error"]
+    assert [r["status"] for r in by_lr[BAD_LR]] == ["STOPPED"] and by_lr[BAD_LR][0]["epochs"] == "1"
+    assert {r["status"] for r in by_lr[GOOD_LR]} == {"TERMINATED"}
+    # sorted by best validation accuracy; failed trial (no result) last
+    vals = [float(r["best_val_acc"]) for r in rows if r["best_val_acc"]]
+    assert vals == sorted(vals, reverse=True) and rows[-1]["status"] == "ERROR"
+    assert (summary["completed"], summary["stopped"], summary["failed"]) == (2, 1, 1)
+
+    # every trial that ran has fit's files in its own run dir; none of them touched the test set
+    for r in rows:
+        tdir = sdir / "trials" / r["trial_id"]
+        assert (tdir / "config.json").exists()
+        if r["status"] != "ERROR":
+            assert (tdir / "metrics.jsonl").exists()
+        if r["status"] == "TERMINATED":  # ASHA kills a stopped trial before fit's summary
+            assert json.loads((tdir / "summary.json").read_text())["test_acc"] is None
+            assert not (tdir / "predictions.npz").exists()
+
+    best = sdir / "best"
+    bsum = json.loads((best / "summary.json").read_text())
+    assert bsum["trial_id"] == rows[0]["trial_id"] == summary["best_trial"]
+    assert bsum["test_acc"] is not None and bsum["test_acc"] == summary["test_acc"]
+    assert bsum["best_val_acc"] == pytest.approx(float(rows[0]["best_val_acc"]))
+    # best over all epochs, not the last one
+    metrics = [json.loads(x) for x in (best / "metrics.jsonl").read_text().splitlines()]
+    assert bsum["best_val_acc"] == max(m["val_acc"] for m in metrics)
+    for name in ("config.json", "metrics.jsonl", "best.safetensors", "model.safetensors", "predictions.npz"):
+        assert (best / name).exists(), name
+    with np.load(best / "predictions.npz") as z:
+        assert z["logits"].shape == (20, 10) and len(set(z["indices"].tolist())) == 20
+        assert (z["logits"].argmax(1) == z["labels"]).mean() == pytest.approx(bsum["test_acc"])
+    info = json.loads((sdir / "search.json").read_text())
+    assert info["status"] == "finished" and info["summary"]["best_trial"] == bsum["trial_id"]
+    assert info["space"]["max_lr"]["values"] == [BAD_LR, GOOD_LR, DIVERGING_LR]
+    assert (sdir / "ray").is_dir()
+
+
+def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
+    """--workers-per-trial 2: one trial is a Ray Train TorchTrainer with 2 gloo ranks."""
+    from tuning.runner import SearchConfig, run_search
+
+    space = {**FIXED, "max_lr": GOOD_LR}
+    search = SearchConfig(name="ddp", num_samples=1, workers_per_trial=2, cpus_per_trial=1, space=space,
+                          verbose=0)
+    summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
+    sdir = tmp_path / "search-ddp"
+    rows = _results(sdir)
+    assert [r["status"] for r in rows] == ["TERMINATED"], rows
+    trial = json.loads((sdir / "trials" / rows[0]["trial_id"] / "config.json").read_text())
+    assert trial["world_size"] == 2
+    assert summary["test_acc"] is not None
+    assert json.loads((sdir / "best" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_bad_space_is_one_line_error(tmp_path, fake_cifar):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("max_lr: {type: loguniform, lower: -1, upper: 1}\n")
+    for extra in (["--space", str(bad)], ["--no-such-flag"], ["--num-samples", "0"],
+                  ["--space", str(tmp_path / "missing.yaml")]):
+        out = subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), "--runs-dir", str(tmp_path),
+                              "--data-dir", str(fake_cifar), *extra], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, (extra, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (extra, out.stderr)
+    assert not (tmp_path / "search-search").exists()
+
+
+def test_space_overrides_and_cutout_kept_valid():
+    from distributed.config import ConfigError, TrainConfig
+    from tuning import space
+
+    s = space.merge_space({"dropout": None, "max_lr": {"type": "uniform", "lower": 0.1, "upper": 0.2}})
+    assert "dropout" not in s and s["max_lr"]["type"] == "uniform" and "flip_p" in s
+    space.validate_space(space.DEFAULT_SPACE, TrainConfig())
+    cfg = space.apply_params(TrainConfig(), {"cutout_max": 5, "l1": 0, "max_lr": 1})
+    assert cfg.aug.cutout_min == 5 and cfg.aug.cutout_max == 5 and cfg.l1 == 0.0 and cfg.max_lr == 1.0
+    for bad in ({"flip_p": {"type": "uniform", "lower": 0, "upper": 2}}, {"nope": 1},
+                {"l1": {"type": "off_or_loguniform", "lower": 0, "upper": 1e-4}}):
+        with pytest.raises(ConfigError):
+            space.validate_space(space.merge_space(bad), TrainConfig())
+    # the l1 domain gives both "off" and log-uniform values from Tune's seeded sampler
+    dom = space.to_tune(space.DEFAULT_SPACE)["l1"]
+    vals = dom.sample(size=200, random_state=np.random.default_rng(0))
+    assert any(v == 0.0 for v in vals) and any(1e-7 <= v <= 1e-5 for v in vals)
+
+
+def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path):
+    """Ctrl-C after the first trial finished; --resume runs only the rest."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({**FIXED, "max_lr": GOOD_LR}))
+    cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
+           "--data-dir", str(fake_cifar), "--num-samples", "3", "--epochs", "1", "--num-cpus", "2",
+           "--max-concurrent-trials", "1", "--space", str(space), "--no-report", *TINY_FLAGS]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    sdir = tmp_path / "search-res"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 240
+    done: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        done = sorted((sdir / "trials").glob("*/summary.json")) if (sdir / "trials").is_dir() else []
+        if done:
+            break
+        time.sleep(0.5)
+    assert done, "no trial finished before the deadline"
+    first = done[0].parent
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    finished_before = {p.parent.name: (p.parent / "metrics.jsonl").read_text()
+                       for p in (sdir / "trials").glob("*/summary.json")}
+    assert first.name in finished_before
+    assert len(finished_before) < 3, out[-3000:]
+    assert json.loads((sdir / "search.json").read_text())["status"] != "finished"
+    mtimes = {t: (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished_before}
+
+    res = subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir",
+                          str(tmp_path), "--resume", "--num-cpus", "2", "--no-report"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = _results(sdir)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+    for t, text in finished_before.items():  # finished trials were not run again
+        assert (sdir / "trials" / t / "metrics.jsonl").read_text() == text
+        assert (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns == mtimes[t]
+    info = json.loads((sdir / "search.json").read_text())
+    assert info["status"] == "finished" and info["summary"]["test_acc"] is not None
