@@ -456,7 +456,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         "test_acc": None, "test_loss": None, "test_count": None,
         "best_val_acc": state["best_val_acc"] if p.val_loader is not None else None,
         "best_epoch": state["best_epoch"], "epochs": state["epoch"], "wall_seconds": state["wall_seconds"],
-        "images_per_sec": _mean_rate(run_dir) if accelerator.is_main_process else None,
+        "images_per_sec": steady_images_per_sec(run_dir) if accelerator.is_main_process else None,
         "device": env["device"], "world_size": env["world_size"], "mixed_precision": env["mixed_precision"],
         "num_params": num_params, "ranks_in_sync": in_sync, "mean": p.mean, "std": p.std,
         "weights": rundir.FINAL_WEIGHTS}
@@ -490,7 +490,7 @@ def write_predictions(run_dir: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, Path(run_dir) / rundir.PREDICTIONS)
 
 
-def _mean_rate(run_dir: Path) -> float | None:
+def steady_images_per_sec(run_dir: Path) -> float | None:
     """Steady-state training images/s: mean over epochs after the first (which pays warm-up)."""
     rates = [r["images_per_sec"] for r in rundir.read_metrics(run_dir)]
     rates = rates[1:] or rates

@@ -447,9 +447,8 @@ def _select_best(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def export_best(search_dir: Path, best: dict[str, Any], data: Any) -> dict[str, Any]:
     """best/ in the layout of a train.py run, its best-epoch weights evaluated once on the test set."""
-    import numpy as np
-
-    from distributed.engine import build_accelerator, build_pipeline, evaluate, write_predictions
+    from distributed.engine import (build_accelerator, build_pipeline, evaluate, steady_images_per_sec,
+                                    write_predictions)
     from distributed.model import unwrap
     from safetensors.torch import load_file
 
@@ -469,12 +468,11 @@ def export_best(search_dir: Path, best: dict[str, Any], data: Any) -> dict[str, 
     test = evaluate(p.model, p.test_loader, accelerator)
     write_predictions(tmp, test)
     rows = rundir.read_metrics(src)
-    rates = [r["images_per_sec"] for r in rows][1:] or [r["images_per_sec"] for r in rows]
     summary = {
         "test_acc": test["acc"], "test_loss": test["loss"], "test_count": test["count"],
         "best_val_acc": best["best_val_acc"], "best_epoch": best["best_epoch"], "epochs": best["epochs"],
         "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
-        "images_per_sec": float(np.mean(rates)) if rates else None,
+        "images_per_sec": steady_images_per_sec(src),
         "device": trial_info.get("device"), "world_size": trial_info.get("world_size"),
         "mixed_precision": trial_info.get("mixed_precision"), "num_params": trial_info.get("num_params"),
         "mean": trial_info.get("mean"), "std": trial_info.get("std"), "weights": rundir.FINAL_WEIGHTS,
