@@ -216,8 +216,10 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     bar = None
     if progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
+        # disable=None: no bar when stderr is not a terminal (batch logs keep only the epoch lines).
         bar = tqdm(total=len(p.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=None)
+        bar = None if bar.disable else bar  # and no .item() syncs for a bar nobody sees
     it = iter(p.train_loader)
     for step in range(len(p.train_loader)):
         t0 = time.perf_counter()
@@ -403,7 +405,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
 
     scheduler = build_scheduler(cfg, p.optimizer, len(p.train_loader))
     accelerator.register_for_checkpointing(scheduler)
-    state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0, "wall_seconds": 0.0}
+    state = {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "wall_seconds": 0.0}
     if checkpoints:
         accelerator.load_state(str(checkpoints[-1]))
         state = rundir.read_json(checkpoints[-1] / rundir.TRAINER_STATE)
@@ -431,9 +433,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         state["wall_seconds"] += row["epoch_seconds"]
         row["wall_seconds"] = state["wall_seconds"]
         # Without a validation split the last epoch stands in for the best one.
-        score = row["val_acc"] if row["val_acc"] is not None else float(epoch)
-        if score > state["best_val_acc"]:
-            state.update(best_val_acc=score, best_epoch=epoch + 1)
+        ranked = row if row["val_acc"] is not None else {"val_acc": float(epoch), "val_loss": 0.0}
+        if rundir.selection_key(ranked) > (state["best_val_acc"], -state["best_val_loss"]):
+            state.update(best_val_acc=ranked["val_acc"], best_val_loss=ranked["val_loss"], best_epoch=epoch + 1)
             if accelerator.is_main_process:
                 save_weights(accelerator.unwrap_model(p.model), run_dir / rundir.BEST_WEIGHTS)
         state["epoch"] = epoch + 1

@@ -96,6 +96,11 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     os.replace(tmp, path)
 
 
+def selection_key(row: dict[str, Any]) -> tuple[float, float]:
+    """How epochs rank for model selection: validation accuracy, ties going to the lower val loss."""
+    return (row["val_acc"], -row["val_loss"])
+
+
 def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
     """Test-set logits, labels and indices written at the end of a run."""
     with np.load(Path(run_dir) / PREDICTIONS, allow_pickle=False) as z:

@@ -405,8 +405,9 @@ def _collect(grid, search_dir: Path, base_cfg: TrainConfig) -> list[dict[str, An
     for trial in grid._experiment_analysis.trials:
         run_dir = search_dir / TRIALS / trial.trial_id
         rows = rundir.read_metrics(run_dir)
-        vals = [(r["val_acc"], r["epoch"]) for r in rows if r.get("val_acc") is not None]
-        best_val, best_epoch = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
+        vals = [r for r in rows if r.get("val_acc") is not None]
+        best = max(vals, key=rundir.selection_key) if vals else None  # the epoch fit kept as best.safetensors
+        best_val, best_epoch = (best["val_acc"], best["epoch"]) if best else (None, None)
         epochs = rows[-1]["epoch"] if rows else 0
         if trial.status == "ERROR":
             status = "ERROR"
@@ -419,7 +420,7 @@ def _collect(grid, search_dir: Path, base_cfg: TrainConfig) -> list[dict[str, An
             error = _error_line(trial)
         trials.append({"trial_id": trial.trial_id, "status": status, "epochs": epochs,
                        "best_val_acc": best_val, "best_epoch": best_epoch,
-                       "last_val_acc": vals[-1][0] if vals else None,
+                       "last_val_acc": vals[-1]["val_acc"] if vals else None,
                        "params": {k: v for k, v in trial.config.items()}, "run_dir": run_dir, "error": error})
     trials.sort(key=lambda t: (t["best_val_acc"] is None, -(t["best_val_acc"] or 0.0), t["trial_id"]))
     return trials
