@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; continue with: python distributed/train.py --name {cfg.name} --resume", file=sys.stderr)
         return 130
     if not args.no_report and summary.get("test_acc") is not None and _is_main():
-        from reporting.report import build_report
-        print(f"report: {build_report(run_dir, args.report_dir)}")
+        from reporting.report import build_report_after_run
+        if not build_report_after_run(run_dir, args.report_dir):
+            return 1
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -548,3 +549,17 @@ def _render(context: dict[str, Any]) -> str:
 
 __all__ = ["ReportError", "Run", "build_report", "classification_stats", "is_search_dir", "load_model",
            "load_run", "read_results_csv"]
+
+
+def build_report_after_run(run_dir: str | Path, out_dir: str | Path = "reports") -> bool:
+    """What train.py and search.py call at the end: build the report, or say in one line why not.
+
+    The run's files are complete either way, so a failure here only prints how to retry.
+    """
+    try:
+        print(f"report: {build_report(run_dir, out_dir)}", flush=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
+        print(f"report failed ({type(e).__name__}: {e}); the run is complete, rebuild it with "
+              f"`python reporting/build.py {run_dir} --out {out_dir}`", file=sys.stderr)
+        return False

@@ -218,3 +218,19 @@ def test_schedules_onecycle_peaks_at_max_lr_and_ends_low_step_and_plateau_decay(
     for acc in (0.5, 0.5, 0.5):  # no improvement for more than `patience` epochs
         s.step(acc)
     assert o.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_train_builds_the_report_at_the_end_and_a_report_failure_keeps_the_run(basic_run, tmp_path, capsys):
+    from distributed.train import main
+
+    _, _, run = basic_run
+    import shutil
+    shutil.copytree(run, tmp_path / "basic")
+    # --resume of a finished run does no training: it returns the summary and builds the report.
+    assert main(["--name", "basic", "--runs-dir", str(tmp_path), "--resume", "--report-dir", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "index.html").exists()
+    (tmp_path / "basic" / rundir.PREDICTIONS).unlink()
+    assert main(["--name", "basic", "--runs-dir", str(tmp_path), "--resume", "--report-dir", str(tmp_path / "rep2")]) == 1
+    err = capsys.readouterr().err
+    assert "report failed" in err and "the run is complete, rebuild it with" in err
+    assert (tmp_path / "basic" / rundir.SUMMARY).exists()

@@ -94,15 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("interrupted"):
         return 130
     if not args.no_report and summary.get("test_acc") is not None:
-        try:
-            from reporting.report import build_report
-        except ImportError:
-            print("report skipped: reporting/ is not available", file=sys.stderr)
-        else:
-            try:
-                print(f"report: {build_report(summary['search_dir'], args.report_dir)}")
-            except Exception as e:  # the search's results are written; a report failure must not hide them
-                print(f"report failed: {type(e).__name__}: {e}", file=sys.stderr)
+        from reporting.report import build_report_after_run
+        if not build_report_after_run(summary["search_dir"], args.report_dir):
+            return 1
     return 0
 
 
