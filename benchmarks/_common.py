@@ -124,10 +124,8 @@ class ListLoader:
     def __iter__(self):
         return iter(self.batches)
 
-
-class NullSampler:
     def set_epoch(self, epoch: int) -> None:
-        pass
+        """The engine sets the epoch on the loader (shuffling); fixed batches ignore it."""
 
 
 def synthetic_batches(n: int, batch_size: int, device: str, channels_last: bool, seed: int = 0,

@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> None:
     """One torchrun process: real train_one_epoch on in-memory batches; rank 0 prints the result."""
     import torch
 
-    from _common import ListLoader, NullSampler, median, sgd_like_ours, sync, synthetic_batches, timer
+    from _common import ListLoader, median, sgd_like_ours, sync, synthetic_batches, timer
     from distributed.config import TrainConfig
     from distributed.engine import Pipeline, build_accelerator, build_scheduler, train_one_epoch
     from distributed.model import resnet18
@@ -65,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     model, opt = acc.prepare(model, opt)
     device = acc.device.type
     batches = synthetic_batches(args.steps, args.batch_size, str(acc.device), gpu, seed=acc.process_index)
-    pipe = Pipeline(None, (0.0,) * 3, (1.0,) * 3, ListLoader(batches), NullSampler(), None, None, model, opt)
+    pipe = Pipeline(None, (0.0,) * 3, (1.0,) * 3, ListLoader(batches), None, None, model, opt)
     sched = build_scheduler(cfg, opt, args.steps)
     times = []
     for epoch in range(args.repeats + 1):

@@ -52,7 +52,7 @@ def flops_per_image(model, device: str, channels_last: bool, bf16: bool) -> floa
 def main(argv=None) -> None:
     import torch
 
-    from _common import (ListLoader, NullSampler, bare_train_steps, base_info, default_peak_tflops, emit,
+    from _common import (ListLoader, bare_train_steps, base_info, default_peak_tflops, emit,
                          median, r, resolve_device, sgd_like_ours, sync, synthetic_batches, timer)
     from distributed.config import TrainConfig
     from distributed.engine import Pipeline, build_accelerator, build_scheduler, train_one_epoch
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     model, opt = accelerator.prepare(model, opt)
     batches = synthetic_batches(steps, bs, device, args.channels_last)
     pipe = Pipeline(split=None, mean=(0.0,) * 3, std=(1.0,) * 3, train_loader=ListLoader(batches),
-                    train_sampler=NullSampler(), val_loader=None, test_loader=None, model=model, optimizer=opt)
+                    val_loader=None, test_loader=None, model=model, optimizer=opt)
     scheduler = build_scheduler(cfg, opt, steps)
 
     epoch = 0

@@ -115,7 +115,6 @@ class Pipeline:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_loader: Any
-    train_sampler: Any
     val_loader: Any | None
     test_loader: Any
     model: nn.Module
@@ -145,7 +144,7 @@ def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays
     train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_train_transform(cfg.aug, mean, std),
                             cfg.seed, channels_last)
     test_tf = build_test_transform(mean, std)
-    train_loader, sampler = make_loader(train_ds, per_process, shuffle=True, seed=cfg.seed, num_workers=workers,
+    train_loader, _ = make_loader(train_ds, per_process, shuffle=True, seed=cfg.seed, num_workers=workers,
                                         drop_last=True, pin_memory=pin)
     eval_bs = max(1, cfg.eval_batch_size // n)
     # Evaluation needs no workers of its own: Normalize is cheap next to the forward pass.
@@ -168,7 +167,7 @@ def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
     train_loader, test_loader = loaders[0], loaders[1]
     val_loader = loaders[2] if val_loader is not None else None
-    return Pipeline(split, mean, std, train_loader, sampler, val_loader, test_loader, model, optimizer)
+    return Pipeline(split, mean, std, train_loader, val_loader, test_loader, model, optimizer)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -198,6 +197,17 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
 
 
+def epoch_batches(loader, epoch: int):
+    """Iterate one epoch of a prepared training loader, shuffled and augmented for `epoch`.
+
+    The epoch must be set on the loader, not on its sampler: Accelerate's DataLoaderShard re-sets
+    the sampler's epoch from its own counter at every `iter()` (and only advances that counter when
+    an iteration runs to the end), so a sampler-only `set_epoch` would be silently undone.
+    """
+    loader.set_epoch(epoch)
+    return iter(loader)
+
+
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of |w| over weight matrices and kernels (not biases or norm scales)."""
     return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
@@ -208,7 +218,6 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
                     progress: bool = True) -> dict[str, float]:
     """One pass over the training loader. Loss/accuracy are summed over all processes."""
     p.model.train()
-    p.train_sampler.set_epoch(epoch)
     per_batch_schedule = cfg.scheduler == "onecycle"
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
@@ -220,11 +229,9 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         bar = tqdm(total=len(p.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=None)
         bar = None if bar.disable else bar  # and no .item() syncs for a bar nobody sees
-    it = iter(p.train_loader)
-    for step in range(len(p.train_loader)):
-        t0 = time.perf_counter()
-        x, y, _ = next(it)
-        wait += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
+        wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
         out = p.model(x)
         loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
         if cfg.l1 > 0:
@@ -244,6 +251,7 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{rate:,.0f}")
             bar.update(step + 1 - bar.n)
+        t0 = time.perf_counter()
     if bar is not None:
         bar.close()
     totals = accelerator.reduce(torch.stack([loss_sum, correct.float(),

@@ -39,8 +39,8 @@ def run_range_test(cfg: TrainConfig, accelerator, pipeline, start_lr: float = 1e
     lrs, raw, smoothed, avg, best = [], [], [], 0.0, math.inf
     step, epoch = 0, 0
     while step < num_steps:
-        pipeline.train_sampler.set_epoch(10_000 + epoch)  # epochs no real run uses
-        for x, y, _ in pipeline.train_loader:
+        from distributed.engine import epoch_batches
+        for x, y, _ in epoch_batches(pipeline.train_loader, 10_000 + epoch):  # epochs no real run uses
             lr = start_lr * gamma ** step
             for g in opt.param_groups:
                 g["lr"] = lr

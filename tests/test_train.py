@@ -18,7 +18,7 @@ from distributed.engine import fit
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny but real: 60 training images, 3 steps of 20 per epoch (~2 s an epoch on a 2-core CPU).
 TINY = dict(subset=80, val_size=20, test_subset=30, batch_size=20, eval_batch_size=16, num_workers=0,
-            max_lr=0.05, label_smoothing=0.0, download=False)
+            max_lr=0.01, label_smoothing=0.0, download=False)
 
 
 def tiny_cfg(data_dir, runs_dir, **kw):
@@ -234,3 +234,27 @@ def test_train_builds_the_report_at_the_end_and_a_report_failure_keeps_the_run(b
     err = capsys.readouterr().err
     assert "report failed" in err and "the run is complete, rebuild it with" in err
     assert (tmp_path / "basic" / rundir.SUMMARY).exists()
+
+
+def test_every_epoch_reshuffles_and_redraws_augmentation_and_a_resume_sees_the_same_epoch(fake_cifar):
+    # Accelerate's prepared loader re-sets its sampler's epoch from its own counter; a bug there
+    # would train every epoch on one fixed order and one fixed set of augmented images.
+    import torch
+    from distributed.engine import build_accelerator, build_pipeline, epoch_batches
+
+    cfg = tiny_cfg(fake_cifar, "unused").replace(flip_p=0.5, cutout_p=0.5)
+    accelerator = build_accelerator(cfg)
+
+    def epoch(p, e):
+        xs, idx = zip(*[(x, i) for x, _, i in epoch_batches(p.train_loader, e)])
+        return torch.cat(idx).tolist(), torch.cat(xs)
+
+    p = build_pipeline(cfg, accelerator, None)
+    order0, x0 = epoch(p, 0)
+    order1, x1 = epoch(p, 1)
+    assert sorted(order0) == sorted(order1) and order0 != order1
+    same_image_0 = x0[order0.index(order1[0])]
+    assert not torch.equal(same_image_0, x1[0])  # same image, new augmentation draw
+    fresh = build_pipeline(cfg, accelerator, None)  # what a resumed run builds
+    order1_again, x1_again = epoch(fresh, 1)
+    assert order1_again == order1 and torch.equal(x1_again, x1)
