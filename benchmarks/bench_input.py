@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     tf = build_train_transform(AugConfig(), mean, std)
 
     ds = CifarDataset(data.train_x, data.train_y, idx, tf, seed=0, channels_last=channels_last)
-    loader, sampler = make_loader(ds, bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
+    loader = make_loader(ds, bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
                                   pin_memory=gpu)
     batches_per_epoch = len(loader)
     images_per_epoch = batches_per_epoch * bs
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
 
     def ours_epoch() -> float:
         nonlocal epoch
-        sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
         epoch += 1
         t0 = timer()
         for x, y, _ in loader:

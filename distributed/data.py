@@ -300,8 +300,12 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int,
-                drop_last: bool, pin_memory: bool) -> tuple[DataLoader, EpochSampler]:
-    """A DataLoader over `dataset`, and the sampler whose `set_epoch` drives shuffling and augmentation."""
+                drop_last: bool, pin_memory: bool) -> DataLoader:
+    """A DataLoader over `dataset` with an `EpochSampler`.
+
+    Its epoch drives shuffling and augmentation: `loader.sampler.set_epoch(e)` on this loader, but
+    `prepared.set_epoch(e)` once Accelerate has prepared it (see `engine.epoch_batches`).
+    """
     sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
@@ -313,4 +317,4 @@ def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: 
         # run would draw dropout masks from a different stream than an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
-    return loader, sampler
+    return loader

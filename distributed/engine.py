@@ -143,19 +143,18 @@ def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays
     channels_last = cfg.channels_last and accelerator.device.type == "cuda"  # 3x slower on CPU
     train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_train_transform(cfg.aug, mean, std),
                             cfg.seed, channels_last)
-    test_tf = build_test_transform(mean, std)
-    train_loader, _ = make_loader(train_ds, per_process, shuffle=True, seed=cfg.seed, num_workers=workers,
-                                        drop_last=True, pin_memory=pin)
-    eval_bs = max(1, cfg.eval_batch_size // n)
-    # Evaluation needs no workers of its own: Normalize is cheap next to the forward pass.
-    eval_workers = min(workers, 2)
-    val_loader = None
-    if len(split.val):
-        val_loader, _ = make_loader(CifarDataset(data.train_x, data.train_y, split.val, test_tf,
-                                                 channels_last=channels_last), eval_bs,
-                                    shuffle=False, seed=0, num_workers=eval_workers, drop_last=False, pin_memory=pin)
-    test_loader, _ = make_loader(CifarDataset(data.test_x, data.test_y, split.test, test_tf, channels_last=channels_last), eval_bs,
-                                 shuffle=False, seed=0, num_workers=eval_workers, drop_last=False, pin_memory=pin)
+    train_loader = make_loader(train_ds, per_process, shuffle=True, seed=cfg.seed, num_workers=workers,
+                               drop_last=True, pin_memory=pin)
+
+    def eval_loader(images: np.ndarray, labels: np.ndarray, indices: np.ndarray):
+        # Normalize only, cheap next to the forward pass: two workers keep up. No drop_last: every
+        # image counts (gather_for_metrics removes the padding DDP adds to the last batches).
+        ds = CifarDataset(images, labels, indices, build_test_transform(mean, std), channels_last=channels_last)
+        return make_loader(ds, max(1, cfg.eval_batch_size // n), shuffle=False, seed=0,
+                           num_workers=min(workers, 2), drop_last=False, pin_memory=pin)
+
+    val_loader = eval_loader(data.train_x, data.train_y, split.val) if len(split.val) else None
+    test_loader = eval_loader(data.test_x, data.test_y, split.test)
 
     set_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them from rank 0)
     model = resnet18(num_classes=len(data.classes), dropout=cfg.dropout)
