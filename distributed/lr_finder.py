@@ -11,6 +11,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from distributed.config import TrainConfig
+from distributed.engine import epoch_batches
 
 
 def suggest_max_lr(lrs: np.ndarray, losses: np.ndarray) -> float:
@@ -39,7 +40,6 @@ def run_range_test(cfg: TrainConfig, accelerator, pipeline, start_lr: float = 1e
     lrs, raw, smoothed, avg, best = [], [], [], 0.0, math.inf
     step, epoch = 0, 0
     while step < num_steps:
-        from distributed.engine import epoch_batches
         for x, y, _ in epoch_batches(pipeline.train_loader, 10_000 + epoch):  # epochs no real run uses
             lr = start_lr * gamma ** step
             for g in opt.param_groups:

@@ -41,6 +41,11 @@ PREDICTIONS = "predictions.npz"
 SUMMARY = "summary.json"
 LR_FIND = "lr_find.json"
 TRAINER_STATE = "trainer_state.json"
+# A search directory (runs/search-<name>/)
+SEARCH_JSON = "search.json"
+RESULTS_CSV = "results.csv"
+TRIALS = "trials"
+BEST_TRIAL = "best"
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")

@@ -24,7 +24,7 @@ from distributed.config import ConfigError, TrainConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "index.html.j2"
-SEARCH_FILES = ("search.json", "results.csv")
+SEARCH_FILES = (rundir.SEARCH_JSON, rundir.RESULTS_CSV)
 # Columns of results.csv that describe a trial's outcome, not its configuration.
 _OUTCOME_COLUMNS = {"trial_id", "trial", "id", "status", "epochs", "epoch", "epochs_reached", "training_iteration",
                     "val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc", "test_acc", "wall_seconds",
@@ -64,7 +64,7 @@ def _read_json(path: Path) -> Any:
 def is_search_dir(path: Path) -> bool:
     """A `runs/search-<name>/` directory (tuning/search.py), as opposed to one training run."""
     path = Path(path)
-    return (path / "best").is_dir() and any((path / f).exists() for f in SEARCH_FILES)
+    return (path / rundir.BEST_TRIAL).is_dir() and any((path / f).exists() for f in SEARCH_FILES)
 
 
 def load_run(path: Path) -> Run:
@@ -277,10 +277,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory {run_dir} does not exist")
-    if (run_dir / "search.json").exists() and not (run_dir / "best").is_dir():
+    if (run_dir / rundir.SEARCH_JSON).exists() and not (run_dir / rundir.BEST_TRIAL).is_dir():
         raise ReportError(f"search {run_dir} has no best/ yet: it is still running, or no trial finished")
     search = _search_context(run_dir) if is_search_dir(run_dir) else None
-    run = load_run(run_dir / "best" if search else run_dir)
+    run = load_run(run_dir / rundir.BEST_TRIAL if search else run_dir)
     data = _load_test_set(run, data_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -505,10 +505,10 @@ def _lr_find_rows(lr_find: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 def _search_context(path: Path) -> dict[str, Any]:
     """The search's settings, its trials table, and which columns are hyperparameters."""
-    settings = _read_json(path / "search.json") if (path / "search.json").exists() else {}
+    settings = _read_json(path / rundir.SEARCH_JSON) if (path / rundir.SEARCH_JSON).exists() else {}
     if not isinstance(settings, dict):
         raise ReportError(f"{path / 'search.json'} must hold a JSON object")
-    columns, rows = read_results_csv(path / "results.csv")
+    columns, rows = read_results_csv(path / rundir.RESULTS_CSV)
     metric = next((c for c in (settings.get("metric"), "best_val_acc", "val_acc") if c and c in columns), None)
     space = settings.get("space") if isinstance(settings.get("space"), dict) else {}
     params = [c for c in columns if c in space or c.split("/")[-1] in space]

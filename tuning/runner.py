@@ -26,10 +26,7 @@ from distributed.config import ConfigError, TrainConfig
 from tuning import space as space_mod
 
 METRIC, MODE = "val_acc", "max"
-SEARCH_JSON = "search.json"
-RESULTS_CSV = "results.csv"
-TRIALS = "trials"
-BEST = "best"
+SEARCH_JSON, RESULTS_CSV, TRIALS, BEST = rundir.SEARCH_JSON, rundir.RESULTS_CSV, rundir.TRIALS, rundir.BEST_TRIAL
 RAY_DIR = "ray"
 
 
