@@ -30,12 +30,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs of each")
     p.add_argument("--gpu-steps", type=int, default=30, help="cuda: timed bf16 training steps")
+    # Off in the default recipe, sampled by the search: p=1 gives the slowest pipeline a trial can get.
+    p.add_argument("--affine-p", type=float, default=None, help="shift/scale/rotate probability (default: recipe's)")
+    p.add_argument("--color-p", type=float, default=None, help="HSV + brightness/contrast probability (default: recipe's)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="batches in channels_last (default: on for cuda, as training does)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
+    import dataclasses
     import os
 
     import cv2
@@ -62,7 +66,9 @@ def main(argv=None) -> None:
     n = min(n, len(data.train_x))
     idx = np.arange(n)
     mean, std = channel_stats(data.train_x, cache_dir=None)
-    tf = build_train_transform(AugConfig(), mean, std)
+    changes = {k: v for k, v in (("affine_p", args.affine_p), ("color_p", args.color_p)) if v is not None}
+    aug = dataclasses.replace(AugConfig(), **changes)
+    tf = build_train_transform(aug, mean, std)
 
     ds = CifarDataset(data.train_x, data.train_y, idx, tf, seed=0, channels_last=channels_last)
     loader = make_loader(ds, bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
@@ -83,7 +89,7 @@ def main(argv=None) -> None:
 
     # Bare: one process, the same Compose, the same images, stacked per batch like __getitems__.
     cv2.setNumThreads(0)  # as our workers do
-    bare_tf = build_train_transform(AugConfig(), mean, std)
+    bare_tf = build_train_transform(aug, mean, std)
     images = data.train_x[:images_per_epoch]
 
     def bare_pass() -> float:
@@ -120,7 +126,7 @@ def main(argv=None) -> None:
     res = base_info("input", device)
     res.update({
         "num_images": images_per_epoch, "batch_size": bs, "workers": workers, "repeats": args.repeats,
-        "channels_last": channels_last, "ours_images_per_s": r(ours_ips, 1), "bare_images_per_s": r(bare_ips, 1),
+        "channels_last": channels_last, "affine_p": aug.affine_p, "color_p": aug.color_p, "ours_images_per_s": r(ours_ips, 1), "bare_images_per_s": r(bare_ips, 1),
         "per_worker_efficiency": r(eff, 3), "first_epoch_s_incl_startup": r(startup, 3),
         "gpu_step_images_per_s_bf16": r(gpu_ips, 1),
         "loader_over_gpu": r(ours_ips / gpu_ips, 3) if gpu_ips else None,
@@ -128,7 +134,8 @@ def main(argv=None) -> None:
     })
     gpu_txt = (f"; GPU bf16 step eats {gpu_ips:,.0f} img/s -> loader/GPU {ours_ips / gpu_ips:.2f}"
                if gpu_ips else "")
-    emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images]: ours {ours_ips:,.0f} img/s vs bare "
+    emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
+              f"colour p {aug.color_p}]: ours {ours_ips:,.0f} img/s vs bare "
               f"1-process {bare_ips:,.0f} img/s -> per-worker efficiency {eff:.2f}{gpu_txt}")
 
 

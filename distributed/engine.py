@@ -40,7 +40,7 @@ from distributed.data import CifarArrays, CifarDataset, Split, channel_stats, lo
 from distributed.model import count_parameters, resnet18, unwrap
 
 # Config fields a resumed run may change: where things live and how fast they load, not what is learnt.
-RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints"}
+RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every"}
 
 
 class LaunchError(RuntimeError):
@@ -53,12 +53,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class EpochReport:
-    """What a callback sees after each finished (checkpointed and logged) epoch, on every process."""
+    """What a callback sees after each finished (logged) epoch, on every process."""
 
     epoch: int
     metrics: dict[str, Any]
     run_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None     # written after this epoch; None when --checkpoint-every skipped it
     is_main_process: bool
 
 
@@ -365,13 +365,14 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     """Train ResNet18 on CIFAR-10 as `cfg` says; write the run directory; return the summary.
 
     run_dir:       default `cfg.runs_dir / cfg.name`.
-    callback:      called on every process after each epoch is checkpointed (Tune reports here).
+    callback:      called on every process after each epoch is logged (Tune reports here).
     resume:        continue from the newest checkpoint in run_dir (a finished run returns its summary).
     data:          preloaded arrays (a search shares one copy among trials); default: read cfg.data_dir.
     evaluate_test: False in search trials: they select on validation only and never see the test set.
     find_lr:       run the LR range test first (written to lr_find.json) and train with its suggested
                    max_lr, or with cfg.max_lr when adopt_found_lr is False.
     """
+    started = time.perf_counter()  # total_seconds counts start-up, evaluation and checkpoints too
     accelerator = accelerator or build_accelerator(cfg)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.name
     log = accelerator.print
@@ -412,16 +413,21 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
 
     scheduler = build_scheduler(cfg, p.optimizer, len(p.train_loader))
     accelerator.register_for_checkpointing(scheduler)
-    state = {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "wall_seconds": 0.0}
+    state = {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "wall_seconds": 0.0,
+             "total_seconds": 0.0}
+    ckpt = None
     if checkpoints:
-        accelerator.load_state(str(checkpoints[-1]))
-        state = rundir.read_json(checkpoints[-1] / rundir.TRAINER_STATE)
+        ckpt = checkpoints[-1]
+        accelerator.load_state(str(ckpt))
+        state = {"total_seconds": 0.0, **rundir.read_json(ckpt / rundir.TRAINER_STATE)}
         if accelerator.is_main_process:
             rundir.truncate_metrics(run_dir, state["epoch"])
         log(f"resumed {run_dir} from epoch {state['epoch']}")
     elif accelerator.is_main_process:
         (run_dir / rundir.METRICS).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
+    # Time of earlier invocations (resumes) up to their last checkpoint; work lost to a kill is not counted.
+    previous_total = state["total_seconds"]
 
     log(f"{run_dir}: {len(p.split.train)} train / {len(p.split.val)} val / {len(p.split.test)} test images, "
         f"{env['device']}, {env['mixed_precision']} precision, global batch {cfg.batch_size}, "
@@ -430,9 +436,11 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update(train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress))
         row["val_loss"] = row["val_acc"] = None
+        t_eval = time.perf_counter()
         if p.val_loader is not None:
             val = evaluate(p.model, p.val_loader, accelerator)
             row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
+        row["eval_seconds"] = time.perf_counter() - t_eval
         if cfg.scheduler == "plateau":
             scheduler.step(row["val_acc"] if row["val_acc"] is not None else row["train_acc"])
         elif cfg.scheduler == "step":
@@ -441,12 +449,18 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         row["wall_seconds"] = state["wall_seconds"]
         # Without a validation split the last epoch stands in for the best one.
         ranked = row if row["val_acc"] is not None else {"val_acc": float(epoch), "val_loss": 0.0}
+        t_save = time.perf_counter()
         if rundir.selection_key(ranked) > (state["best_val_acc"], -state["best_val_loss"]):
             state.update(best_val_acc=ranked["val_acc"], best_val_loss=ranked["val_loss"], best_epoch=epoch + 1)
             if accelerator.is_main_process:
                 save_weights(accelerator.unwrap_model(p.model), run_dir / rundir.BEST_WEIGHTS)
         state["epoch"] = epoch + 1
-        ckpt = save_checkpoint(accelerator, run_dir, epoch + 1, dict(state), cfg.keep_checkpoints)
+        state["total_seconds"] = previous_total + time.perf_counter() - started
+        # Every rank takes the same branch (save_state synchronises them): it depends on the epoch only.
+        ckpt = None
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            ckpt = save_checkpoint(accelerator, run_dir, epoch + 1, dict(state), cfg.keep_checkpoints)
+        row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
         if accelerator.is_main_process:
             rundir.append_metrics(run_dir, row)
         val_txt = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | " if row["val_acc"] is not None else ""
@@ -462,7 +476,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     if accelerator.is_main_process:
         save_weights(accelerator.unwrap_model(p.model), run_dir / rundir.FINAL_WEIGHTS)
     summary: dict[str, Any] = {
-        "test_acc": None, "test_loss": None, "test_count": None,
+        "test_acc": None, "test_loss": None, "test_count": None, "total_seconds": None,
         "best_val_acc": state["best_val_acc"] if p.val_loader is not None else None,
         "best_epoch": state["best_epoch"], "epochs": state["epoch"], "wall_seconds": state["wall_seconds"],
         "images_per_sec": steady_images_per_sec(run_dir) if accelerator.is_main_process else None,
@@ -475,7 +489,10 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         summary.update(test_acc=test["acc"], test_loss=test["loss"], test_count=test["count"])
         if accelerator.is_main_process:
             write_predictions(run_dir, test)
-        log(f"test accuracy {test['acc']:.4f} on {test['count']} images ({state['wall_seconds']:.0f} s of training)")
+    summary["total_seconds"] = previous_total + time.perf_counter() - started
+    test_txt = f"test accuracy {test['acc']:.4f} on {test['count']} images | " if evaluate_test else ""
+    log(f"{test_txt}{state['wall_seconds']:.1f} s of training, {summary['total_seconds']:.1f} s in all "
+        f"(start-up, evaluation and checkpoints included)")
     if accelerator.is_main_process:
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
     accelerator.wait_for_everyone()

@@ -7,14 +7,18 @@
                          val_loss, val_acc (null when --val-size 0), lr (last lr of the epoch),
                          epoch_seconds, images_per_sec (training images/s, all processes),
                          data_wait_frac (share of step time spent waiting for the loader),
+                         eval_seconds (validation), checkpoint_seconds (best weights + checkpoint),
                          wall_seconds (cumulative training time, survives --resume)
-      checkpoints/epoch_NNNN/   Accelerator.save_state + trainer_state.json (newest few kept)
+      checkpoints/epoch_NNNN/   Accelerator.save_state + trainer_state.json (newest few kept; every
+                         --checkpoint-every epochs and after the last)
       best.safetensors   weights of the epoch with the best val_acc (the last epoch without a val split)
       model.safetensors  final weights
       predictions.npz    test set: logits float32 [N, 10], labels int64 [N], indices int64 [N]
                          (positions in the test set, so a report can fetch the images)
       summary.json       test_acc, test_loss, best_val_acc, best_epoch, epochs, wall_seconds,
-                         images_per_sec, device, world_size, num_params, mean, std, weights
+                         total_seconds (wall clock of fit over all invocations: start-up, evaluation,
+                         checkpoints included), images_per_sec, device, world_size, num_params,
+                         mean, std, weights
       lr_find.json       LR range test (--find-lr): lrs, losses, suggested_max_lr, chosen_max_lr
 
     runs/search-<name>/  (tuning/search.py)

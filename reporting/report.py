@@ -481,6 +481,7 @@ def _summary_rows(run: Run, stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("Final validation accuracy", _pct(last_val)),
         ("Epochs", str(s.get("epochs", len(run.metrics)))),
         ("Wall time (training)", _duration(s.get("wall_seconds"))),
+        ("Wall time (all: start-up, evaluation, checkpoints)", _duration(s.get("total_seconds"))),
         ("Training throughput", f"{float(rate):,.0f} images/s" if isinstance(rate, (int, float)) else "–"),
         ("Hardware", str(s.get("device", meta.get("device", "–")))),
         ("World size (processes)", str(s.get("world_size", meta.get("world_size", "–")))),

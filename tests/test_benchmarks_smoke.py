@@ -38,3 +38,17 @@ def test_step_runs_tiny(monkeypatch, capsys):
     mod.main(["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1"])
     res = json.loads(capsys.readouterr().out.splitlines()[0])
     assert res["bench"] == "step" and res["ours_step_s"] > 0 and res["ratio_ours_over_bare"] > 0
+
+
+def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
+    sys.path.insert(0, str(BENCH))
+    import json
+
+    spec = importlib.util.spec_from_file_location("_bench_input_run", BENCH / "bench_input.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--device", "cpu", "--data-dir", str(fake_cifar), "--num-images", "64", "--batch-size", "16",
+              "--workers", "0", "--repeats", "1", "--affine-p", "1", "--color-p", "1"])
+    res = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert res["bench"] == "input" and (res["affine_p"], res["color_p"]) == (1.0, 1.0)
+    assert res["num_images"] == 64 and res["ours_images_per_s"] > 0 and res["bare_images_per_s"] > 0

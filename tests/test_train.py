@@ -59,8 +59,11 @@ def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
     rows = rundir.read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    for key in ("train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_sec", "data_wait_frac"):
+    for key in ("train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_sec", "data_wait_frac",
+                "eval_seconds", "checkpoint_seconds"):
         assert rows[0][key] is not None, key
+    # The whole fit (start-up, validation, checkpoints, test) costs more than its training epochs.
+    assert summary["total_seconds"] > summary["wall_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in rows))
     saved = rundir.read_json(run / rundir.CONFIG)
     assert TrainConfig.from_dict(saved["config"]) == cfg
     assert saved["versions"]["torch"] and saved["num_params"] == 11_173_962
@@ -85,7 +88,7 @@ def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
 
 
 def _comparable(rows):
-    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "wall_seconds"}
+    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "wall_seconds", "eval_seconds", "checkpoint_seconds"}
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
@@ -115,6 +118,28 @@ def test_kill_9_then_resume_ends_exactly_like_an_uninterrupted_run(fake_cifar, t
     assert sa["test_acc"] == sb["test_acc"] and sa["best_val_acc"] == sb["best_val_acc"]
 
 
+def test_checkpoint_every_skips_epochs_and_a_kill_between_checkpoints_redoes_them_exactly(fake_cifar, tmp_path):
+    cfg = tiny_cfg(fake_cifar, tmp_path, name="sparse", epochs=3, checkpoint_every=2, deterministic=True,
+                   keep_checkpoints=5)
+    written = []
+    done = fit(cfg, callback=lambda r: written.append((r.epoch, r.checkpoint and r.checkpoint.name)), progress=False)
+    run = tmp_path / "sparse"
+    # Epoch 2 by the interval, epoch 3 because it is the last; epoch 1 none.
+    assert written == [(1, None), (2, "epoch_0002"), (3, "epoch_0003")]
+    assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]
+    final = load_file(str(run / rundir.FINAL_WEIGHTS))
+
+    # A kill after epoch 3 was logged but before its checkpoint: the newest checkpoint is epoch 2.
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "epoch_0003")
+    (run / rundir.SUMMARY).unlink()
+    again = fit(cfg, resume=True, progress=False)
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]  # epoch 3 redone, not duplicated
+    assert again["test_acc"] == done["test_acc"]
+    resumed = load_file(str(run / rundir.FINAL_WEIGHTS))
+    assert all(np.array_equal(final[k], resumed[k]) for k in final)
+
+
 def test_a_half_written_checkpoint_is_ignored_on_resume(basic_run, tmp_path):
     cfg, _, run = basic_run
     run = copy_unfinished(run, tmp_path / "basic")
@@ -138,6 +163,7 @@ def test_resume_refuses_a_changed_recipe(basic_run, tmp_path):
     (["--max-lr", "-0.1"], "invalid --max-lr -0.1: the learning rate must be > 0"),
     (["--flip-p", "1.5"], "invalid --flip-p 1.5: a probability must be in [0, 1]"),
     (["--epochs", "0"], "invalid --epochs 0: must be >= 1"),
+    (["--checkpoint-every", "0"], "invalid --checkpoint-every 0: must be >= 1"),
     (["--dropout", "1"], "invalid --dropout 1.0: must be in [0, 1)"),
     (["--scheduler", "cosine"], "invalid --scheduler 'cosine': choose onecycle, plateau or step"),
 ])

@@ -115,7 +115,8 @@ def _trial_fn(config: dict[str, Any], setup: _TrialSetup) -> None:
 
     def report(r: EpochReport) -> None:
         reported.append(r.epoch)
-        ckpt = tune.Checkpoint.from_directory(str(r.checkpoint)) if setup.tune_checkpoints else None
+        ckpt = (tune.Checkpoint.from_directory(str(r.checkpoint))
+                if setup.tune_checkpoints and r.checkpoint is not None else None)
         tune.report(_metrics_for_tune(r.metrics), checkpoint=ckpt)
 
     fit(cfg, run_dir, callback=report, resume=True, data=ray.get(setup.data_ref), evaluate_test=False,
