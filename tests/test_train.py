@@ -284,3 +284,24 @@ def test_every_epoch_reshuffles_and_redraws_augmentation_and_a_resume_sees_the_s
     fresh = build_pipeline(cfg, accelerator, None)  # what a resumed run builds
     order1_again, x1_again = epoch(fresh, 1)
     assert order1_again == order1 and torch.equal(x1_again, x1)
+
+
+def test_compiled_training_saves_plain_weights_and_resumes(fake_cifar, tmp_path):
+    # --compile wraps the model (torch.compile / inductor; on CPU it needs a C++ compiler, as CI has):
+    # weights must still be saved under the plain names the report and the search load, and a
+    # checkpoint must load back into a compiled model.
+    from distributed.model import resnet18
+    cfg = tiny_cfg(fake_cifar, tmp_path, name="compiled", epochs=2, compile=True)
+    done = fit(cfg, progress=False)
+    run = tmp_path / "compiled"
+    weights = load_file(str(run / rundir.FINAL_WEIGHTS))
+    assert not [k for k in weights if "_orig_mod" in k or k.startswith("module.")]
+    import torch
+    resnet18().load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})  # strict: names match
+
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "epoch_0002")
+    (run / rundir.SUMMARY).unlink()
+    again = fit(cfg, resume=True, progress=False)
+    assert again["epochs"] == 2 and [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+    assert abs(again["test_acc"] - done["test_acc"]) <= 1 / done["test_count"] + 1e-9
