@@ -415,11 +415,10 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     accelerator.register_for_checkpointing(scheduler)
     state = {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf, "best_epoch": 0, "wall_seconds": 0.0,
              "total_seconds": 0.0}
-    ckpt = None
     if checkpoints:
-        ckpt = checkpoints[-1]
-        accelerator.load_state(str(ckpt))
-        state = {"total_seconds": 0.0, **rundir.read_json(ckpt / rundir.TRAINER_STATE)}
+        accelerator.load_state(str(checkpoints[-1]))
+        # Checkpoints written before total_seconds existed lack it.
+        state = {"total_seconds": 0.0, **rundir.read_json(checkpoints[-1] / rundir.TRAINER_STATE)}
         if accelerator.is_main_process:
             rundir.truncate_metrics(run_dir, state["epoch"])
         log(f"resumed {run_dir} from epoch {state['epoch']}")
