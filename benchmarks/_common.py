@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere imports the project
     sys.path.insert(0, str(ROOT))
 
-# bf16 dense tensor-core peaks (TFLOP/s) and the TF32 dense peaks used for fp32 runs (cuDNN
-# convolutions use TF32 by default: torch.backends.cudnn.allow_tf32 is True).
+# bf16 dense tensor-core peaks (TFLOP/s, NVIDIA data sheets: half the "with sparsity" figures) and
+# the TF32 dense peaks used for fp32 runs (cuDNN convolutions use TF32 by default). The first key
+# found in the device name wins, so the PCIe and NVL variants come before the SXM parts.
 PEAK_TFLOPS = {
+    "H100 PCIe": {"bf16": 756.0, "fp32": 378.0},
+    "H100 NVL": {"bf16": 835.5, "fp32": 417.5},
+    "H200 NVL": {"bf16": 835.5, "fp32": 417.5},
     "H100": {"bf16": 989.0, "fp32": 494.5},
     "H200": {"bf16": 989.0, "fp32": 494.5},
     "A100": {"bf16": 312.0, "fp32": 156.0},
@@ -61,9 +65,11 @@ def device_name(device: str) -> str:
 
 def default_peak_tflops(device: str, bf16: bool) -> float | None:
     """Peak for MFU by GPU name; None on CPU (no honest default there) or an unknown GPU."""
-    if device != "cuda":
-        return None
-    name = device_name(device)
+    return peak_for_name(device_name(device), bf16) if device == "cuda" else None
+
+
+def peak_for_name(name: str, bf16: bool) -> float | None:
+    """The data-sheet peak of the first `PEAK_TFLOPS` key in a GPU's name, or None."""
     for key, peaks in PEAK_TFLOPS.items():
         if key in name:
             return peaks["bf16" if bf16 else "fp32"]

@@ -52,3 +52,16 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
     res = json.loads(capsys.readouterr().out.splitlines()[0])
     assert res["bench"] == "input" and (res["affine_p"], res["color_p"]) == (1.0, 1.0)
     assert res["num_images"] == 64 and res["ours_images_per_s"] > 0 and res["bare_images_per_s"] > 0
+
+
+@pytest.mark.parametrize("name, bf16, peak", [
+    ("NVIDIA H100 80GB HBM3", True, 989.0),   # SXM
+    ("NVIDIA H100 PCIe", True, 756.0),        # must not take the SXM figure: MFU would read 30% low
+    ("NVIDIA H100 NVL", False, 417.5),
+    ("NVIDIA H200", True, 989.0),
+    ("NVIDIA GeForce RTX 4090", True, None),  # unknown: no MFU rather than a wrong one
+])
+def test_mfu_peak_is_chosen_by_the_most_specific_gpu_name(name, bf16, peak):
+    sys.path.insert(0, str(BENCH))
+    from _common import peak_for_name
+    assert peak_for_name(name, bf16) == peak
