@@ -154,8 +154,10 @@ def test_space_overrides_and_cutout_kept_valid():
     assert any(v == 0.0 for v in vals) and any(1e-7 <= v <= 1e-5 for v in vals)
 
 
-def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path):
-    """Ctrl-C after the first trial finished; --resume runs only the rest."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig):
+    """Ctrl-C (or kill -9 of the driver: no chance to clean up) after the first trial finished;
+    --resume runs only the rest."""
     space = tmp_path / "space.json"
     space.write_text(json.dumps({**FIXED, "max_lr": GOOD_LR}))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
@@ -173,7 +175,7 @@ def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path):
         time.sleep(0.5)
     assert done, "no trial finished before the deadline"
     first = done[0].parent
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
     finished_before = {p.parent.name: (p.parent / "metrics.jsonl").read_text()
                        for p in (sdir / "trials").glob("*/summary.json")}
