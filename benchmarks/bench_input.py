@@ -126,7 +126,8 @@ def main(argv=None) -> None:
     res = base_info("input", device)
     res.update({
         "num_images": images_per_epoch, "batch_size": bs, "workers": workers, "repeats": args.repeats,
-        "channels_last": channels_last, "affine_p": aug.affine_p, "color_p": aug.color_p, "ours_images_per_s": r(ours_ips, 1), "bare_images_per_s": r(bare_ips, 1),
+        "channels_last": channels_last, "affine_p": aug.affine_p, "color_p": aug.color_p,
+        "ours_images_per_s": r(ours_ips, 1), "bare_images_per_s": r(bare_ips, 1),
         "per_worker_efficiency": r(eff, 3), "first_epoch_s_incl_startup": r(startup, 3),
         "gpu_step_images_per_s_bf16": r(gpu_ips, 1),
         "loader_over_gpu": r(ours_ips / gpu_ips, 3) if gpu_ips else None,
