@@ -62,6 +62,9 @@ class TrainConfig:
     l1: float = 0.0               # L1 penalty on weights, added to the loss
     label_smoothing: float = 0.1
     dropout: float = 0.0
+    # Evaluation (validation and test alike, so the choice is made on validation) averages the
+    # logits of each image and its mirror image: the model was trained on both orientations.
+    tta: bool = False
     scheduler: str = "onecycle"   # onecycle | plateau | step
     pct_start: float = 0.25       # onecycle: fraction of steps spent warming up
     div_factor: float = 10.0      # onecycle: initial lr = max_lr / div_factor

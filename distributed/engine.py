@@ -265,14 +265,19 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False) -> dict[str, Any]:
     """Loss/accuracy over a prepared loader; `gather_for_metrics` drops the padding DDP adds,
-    so every image counts exactly once whatever the batch size and number of processes."""
+    so every image counts exactly once whatever the batch size and number of processes.
+
+    tta: average the logits of each image and its horizontal mirror (`--tta`).
+    """
     was_training = model.training
     model.eval()
     logits, labels, indices = [], [], []
     for x, y, idx in loader:
         out = model(x).float()
+        if tta:
+            out = (out + model(x.flip(3)).float()) / 2
         out, y, idx = accelerator.gather_for_metrics((out, y, idx))
         logits.append(out)
         labels.append(y)
@@ -437,7 +442,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         row["val_loss"] = row["val_acc"] = None
         t_eval = time.perf_counter()
         if p.val_loader is not None:
-            val = evaluate(p.model, p.val_loader, accelerator)
+            val = evaluate(p.model, p.val_loader, accelerator, cfg.tta)
             row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
         row["eval_seconds"] = time.perf_counter() - t_eval
         if cfg.scheduler == "plateau":
@@ -484,7 +489,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         "weights": rundir.FINAL_WEIGHTS}
     if evaluate_test:
         # The test set is touched once, at the end, by the final weights: it selects nothing.
-        test = evaluate(p.model, p.test_loader, accelerator)
+        test = evaluate(p.model, p.test_loader, accelerator, cfg.tta)
         summary.update(test_acc=test["acc"], test_loss=test["loss"], test_count=test["count"])
         if accelerator.is_main_process:
             write_predictions(run_dir, test)

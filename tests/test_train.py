@@ -305,3 +305,26 @@ def test_compiled_training_saves_plain_weights_and_resumes(fake_cifar, tmp_path)
     again = fit(cfg, resume=True, progress=False)
     assert again["epochs"] == 2 and [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
     assert abs(again["test_acc"] - done["test_acc"]) <= 1 / done["test_count"] + 1e-9
+
+
+def test_tta_evaluation_averages_each_image_with_its_mirror(fake_cifar):
+    import torch
+    from accelerate import Accelerator
+
+    from distributed.data import CifarDataset, load_cifar10, make_loader
+    from distributed.engine import evaluate
+    from distributed.model import resnet18
+
+    data = load_cifar10(fake_cifar, download=False)
+    ds = CifarDataset(data.test_x, data.test_y, np.arange(12), transform=None)
+    loader = make_loader(ds, 5, shuffle=False, seed=0, num_workers=0, drop_last=False, pin_memory=False)
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    plain = evaluate(model, loader, Accelerator(cpu=True))
+    both = evaluate(model, loader, Accelerator(cpu=True), tta=True)
+    x = torch.from_numpy(data.test_x[:12]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        mirrored = model(x.flip(3)).numpy()
+    assert both["count"] == plain["count"] == 12
+    np.testing.assert_allclose(both["logits"], (plain["logits"] + mirrored) / 2, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(both["logits"], plain["logits"])  # the mirror changed something: not a no-op

@@ -464,7 +464,7 @@ def export_best(search_dir: Path, best: dict[str, Any], data: Any) -> dict[str, 
     accelerator = build_accelerator(cfg)
     p = build_pipeline(cfg, accelerator, data)
     unwrap(accelerator.unwrap_model(p.model)).load_state_dict(load_file(str(src / rundir.BEST_WEIGHTS)))
-    test = evaluate(p.model, p.test_loader, accelerator)
+    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta)
     write_predictions(tmp, test)
     rows = rundir.read_metrics(src)
     summary = {
