@@ -56,7 +56,7 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
 
 @pytest.mark.parametrize("name, bf16, peak", [
     ("NVIDIA H100 80GB HBM3", True, 989.0),   # SXM
-    ("NVIDIA H100 PCIe", True, 756.0),        # must not take the SXM figure: MFU would read 30% low
+    ("NVIDIA H100 PCIe", True, 756.0),        # must not take the SXM figure: MFU would read 24% low
     ("NVIDIA H100 NVL", False, 417.5),
     ("NVIDIA H200", True, 989.0),
     ("NVIDIA GeForce RTX 4090", True, None),  # unknown: no MFU rather than a wrong one
