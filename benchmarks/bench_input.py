@@ -39,7 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
-    import dataclasses
     import os
 
     import cv2
@@ -67,7 +66,7 @@ def main(argv=None) -> None:
     idx = np.arange(n)
     mean, std = channel_stats(data.train_x, cache_dir=None)
     changes = {k: v for k, v in (("affine_p", args.affine_p), ("color_p", args.color_p)) if v is not None}
-    aug = dataclasses.replace(AugConfig(), **changes)
+    aug = AugConfig(**changes)
     tf = build_train_transform(aug, mean, std)
 
     ds = CifarDataset(data.train_x, data.train_y, idx, tf, seed=0, channels_last=channels_last)

@@ -54,6 +54,13 @@ def copy_unfinished(run: Path, dest: Path) -> Path:
     return dest
 
 
+def killed_before_last_checkpoint(run: Path, epoch: int) -> None:
+    """What a kill after epoch `epoch` was logged, but before its checkpoint was written, leaves."""
+    import shutil
+    shutil.rmtree(run / rundir.CHECKPOINTS / f"epoch_{epoch:04d}")
+    (run / rundir.SUMMARY).unlink()
+
+
 def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
     cfg, summary, run = basic_run
     rows = rundir.read_metrics(run)
@@ -129,10 +136,7 @@ def test_checkpoint_every_skips_epochs_and_a_kill_between_checkpoints_redoes_the
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]
     final = load_file(str(run / rundir.FINAL_WEIGHTS))
 
-    # A kill after epoch 3 was logged but before its checkpoint: the newest checkpoint is epoch 2.
-    import shutil
-    shutil.rmtree(run / "checkpoints" / "epoch_0003")
-    (run / rundir.SUMMARY).unlink()
+    killed_before_last_checkpoint(run, 3)  # the newest checkpoint left is epoch 2's
     again = fit(cfg, resume=True, progress=False)
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]  # epoch 3 redone, not duplicated
     assert again["test_acc"] == done["test_acc"]
@@ -299,9 +303,7 @@ def test_compiled_training_saves_plain_weights_and_resumes(fake_cifar, tmp_path)
     import torch
     resnet18().load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})  # strict: names match
 
-    import shutil
-    shutil.rmtree(run / "checkpoints" / "epoch_0002")
-    (run / rundir.SUMMARY).unlink()
+    killed_before_last_checkpoint(run, 2)
     again = fit(cfg, resume=True, progress=False)
     assert again["epochs"] == 2 and [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
     assert abs(again["test_acc"] - done["test_acc"]) <= 1 / done["test_count"] + 1e-9
