@@ -9,14 +9,9 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere imports the project
-    sys.path.insert(0, str(ROOT))
 
 # bf16 dense tensor-core peaks (TFLOP/s, NVIDIA data sheets: half the "with sparsity" figures) and
 # the TF32 dense peaks used for fp32 runs (cuDNN convolutions use TF32 by default). The first key
@@ -172,12 +167,11 @@ def bare_train_steps(model, optimizer, batches, steps: int, device: str, bf16: b
     return timer() - t0
 
 
-def sgd_like_ours(params, lr: float = 0.04):
-    """The optimiser `build_pipeline` makes from the default TrainConfig."""
-    import torch
-
+def training_optimizer(params, lr: float | None = None):
+    """The optimiser training builds (`distributed.pipeline.build_optimizer`) from the default
+    TrainConfig, at `lr` (default: OneCycle's starting rate, max_lr / div_factor)."""
     from distributed.config import TrainConfig
+    from distributed.pipeline import build_optimizer
 
     cfg = TrainConfig()
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+    return build_optimizer(cfg.replace(max_lr=lr if lr is not None else cfg.max_lr / cfg.div_factor), params)

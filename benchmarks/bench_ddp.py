@@ -45,9 +45,10 @@ def worker(args: argparse.Namespace) -> None:
     """One torchrun process: real train_one_epoch on in-memory batches; rank 0 prints the result."""
     import torch
 
-    from _common import ListLoader, median, sgd_like_ours, sync, synthetic_batches, timer
+    from _common import ListLoader, median, sync, synthetic_batches, timer, training_optimizer
     from distributed.config import TrainConfig
-    from distributed.engine import Pipeline, build_accelerator, build_scheduler, train_one_epoch
+    from distributed.engine import train_one_epoch
+    from distributed.pipeline import Pipeline, build_accelerator, build_scheduler
     from distributed.model import resnet18
 
     if args.threads:
@@ -61,11 +62,11 @@ def worker(args: argparse.Namespace) -> None:
     model = resnet18()
     if gpu:
         model = model.to(memory_format=torch.channels_last)
-    opt = sgd_like_ours(model.parameters(), lr=cfg.max_lr)
+    opt = training_optimizer(model.parameters(), lr=cfg.max_lr)
     model, opt = acc.prepare(model, opt)
     device = acc.device.type
     batches = synthetic_batches(args.steps, args.batch_size, str(acc.device), gpu, seed=acc.process_index)
-    pipe = Pipeline(None, (0.0,) * 3, (1.0,) * 3, ListLoader(batches), None, None, model, opt)
+    pipe = Pipeline(None, (0.0,) * 3, (1.0,) * 3, 10, ListLoader(batches), None, None, model, opt)
     sched = build_scheduler(cfg, opt, args.steps)
     times = []
     for epoch in range(args.repeats + 1):
@@ -146,5 +147,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
     main()

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from _common import (bare_train_steps, base_info, emit, median, r, resolve_device, sgd_like_ours,
+    from _common import (bare_train_steps, base_info, emit, median, r, resolve_device, training_optimizer,
                          synthetic_batches, timer)
     from distributed.augment import build_train_transform
     from distributed.config import AugConfig
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         model = resnet18().to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        opt = sgd_like_ours(model.parameters())
+        opt = training_optimizer(model.parameters())
         batches = synthetic_batches(4, bs, device, channels_last)
         bare_train_steps(model, opt, batches, 5, device, bf16=True)  # warm-up (cuDNN autotune)
         gpu_ips = bs * args.gpu_steps / bare_train_steps(model, opt, batches, args.gpu_steps, device, bf16=True)
@@ -140,8 +140,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

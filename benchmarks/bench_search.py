@@ -2,8 +2,8 @@
 
 Each trial is a Tune function trainable that "trains" `--epochs` epochs of `--work-s` seconds of
 sleep, and after each reports metrics with `tune.report` and a tiny checkpoint directory, as our
-trials do.  The Tune settings are OUR search's: `tuning.runner._init_ray`, `_tune_config` (ASHA on
-val_acc by epoch, BasicVariantGenerator, trial dir names) and `_run_config` (storage, checkpoint
+trials do.  The Tune settings are OUR search's: `tuning.runner.init_ray`, `tune_config` (ASHA on
+val_acc by epoch, BasicVariantGenerator, trial dir names) and `run_config` (storage, checkpoint
 keep-1, failure config), and like `run_search` the data set is `ray.put` once and every trial
 `ray.get`s it through `tune.with_parameters` (`--data-mb` of bytes, default the size of CIFAR-10).
 
@@ -70,24 +70,25 @@ def main(argv=None) -> None:
 
     from distributed.config import TrainConfig
     from tuning import runner
+    from tuning.config import SearchConfig
 
     tmp = tempfile.mkdtemp(prefix="bench_search_")
     try:
         base_cfg = TrainConfig(epochs=args.epochs, runs_dir=tmp)
-        search = runner.SearchConfig(name="bench", num_samples=args.num_trials, num_cpus=args.num_cpus,
+        search = SearchConfig(name="bench", num_samples=args.num_trials, num_cpus=args.num_cpus,
                                      cpus_per_trial=1.0, verbose=0)
         t0 = time.perf_counter()
-        started = runner._init_ray(search)
+        started = runner.init_ray(search)
         ray_init_s = time.perf_counter() - t0
         data = np.zeros(int(args.data_mb * 1e6), dtype=np.uint8) if args.data_mb > 0 else None
         data_ref = ray.put(data) if data is not None else None
         trainable = tune.with_resources(
             tune.with_parameters(trivial_trial, data=data_ref) if data_ref is not None else trivial_trial,
-            runner._trial_resources(search))
+            runner.trial_resources(search))
         tuner = tune.Tuner(trainable,
                            param_space={"x": tune.uniform(0.0, 1.0), "epochs": args.epochs, "work_s": args.work_s},
-                           tune_config=runner._tune_config(base_cfg, search),
-                           run_config=runner._run_config(runner.search_dir_for(base_cfg, search.name), search))
+                           tune_config=runner.tune_config(base_cfg, search),
+                           run_config=runner.run_config(runner.search_dir_for(base_cfg, search.name), search))
         t0 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t0
@@ -115,9 +116,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()

@@ -53,9 +53,10 @@ def main(argv=None) -> None:
     import torch
 
     from _common import (ListLoader, bare_train_steps, base_info, default_peak_tflops, emit,
-                         median, r, resolve_device, sgd_like_ours, sync, synthetic_batches, timer)
+                         median, r, resolve_device, sync, synthetic_batches, timer, training_optimizer)
     from distributed.config import TrainConfig
-    from distributed.engine import Pipeline, build_accelerator, build_scheduler, train_one_epoch
+    from distributed.engine import train_one_epoch
+    from distributed.pipeline import Pipeline, build_accelerator, build_scheduler
     from distributed.model import resnet18
 
     args = parse_args(argv)
@@ -85,14 +86,14 @@ def main(argv=None) -> None:
 
     # Bare loop: its own copy of the same initial weights, same optimiser settings.
     bare_model = copy.deepcopy(model).to(device)
-    bare_opt = sgd_like_ours(bare_model.parameters())
+    bare_opt = training_optimizer(bare_model.parameters())
     bare_run = torch.compile(bare_model) if args.compile else bare_model
 
     # Ours: Accelerate-prepared model/optimizer, the real train_one_epoch over an in-memory loader.
-    opt = sgd_like_ours(model.parameters(), lr=cfg.max_lr)
+    opt = training_optimizer(model.parameters(), lr=cfg.max_lr)
     model, opt = accelerator.prepare(model, opt)
     batches = synthetic_batches(steps, bs, device, args.channels_last)
-    pipe = Pipeline(split=None, mean=(0.0,) * 3, std=(1.0,) * 3, train_loader=ListLoader(batches),
+    pipe = Pipeline(split=None, mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=10, train_loader=ListLoader(batches),
                     val_loader=None, test_loader=None, model=model, optimizer=opt)
     scheduler = build_scheduler(cfg, opt, steps)
 
@@ -152,8 +153,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,74 +19,86 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message is one line a user can act on."""
 
 
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+        choices: tuple[str, ...] | None = None, flag: str | None = None, cli: bool = True) -> Any:
+    """A config field with its `--help` text (say the unit), its choices, and optionally its own
+    flag name or no flag at all (`cli=False`): the dataclass is the one place a setting is described."""
+    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class AugConfig:
     """Training augmentation (Albumentations 2.x). Probabilities are per image, sizes in pixels."""
 
-    pad: int = 4                  # reflect-pad before the random 32x32 crop (0 = no crop)
-    flip_p: float = 0.5           # horizontal flip
-    affine_p: float = 0.0         # shift/scale/rotate
-    shift_limit: float = 0.0625   # fraction of the image side
-    scale_limit: float = 0.1      # +-10% zoom
-    rotate_limit: float = 15.0    # degrees
-    color_p: float = 0.0          # hue/saturation/value and brightness/contrast, each with this p
-    hue_shift: float = 10.0       # HSV units as albumentations uses them (hue in [0, 180))
-    sat_shift: float = 20.0
-    val_shift: float = 20.0
-    brightness: float = 0.2       # +-fraction
-    contrast: float = 0.2         # +-fraction
-    cutout_p: float = 0.5         # CoarseDropout, one hole
-    cutout_min: int = 8           # hole side, pixels
-    cutout_max: int = 16
+    pad: int = opt(4, "reflect padding before the random 32x32 crop, pixels (0: no crop)")
+    flip_p: float = opt(0.5, "probability of a horizontal flip")
+    affine_p: float = opt(0.0, "probability of a shift/scale/rotate")
+    shift_limit: float = opt(0.0625, "affine shift, fraction of the image side")
+    scale_limit: float = opt(0.1, "affine zoom, +- fraction")
+    rotate_limit: float = opt(15.0, "affine rotation, +- degrees")
+    color_p: float = opt(0.0, "probability of each colour jitter (hue/saturation/value, brightness/contrast)")
+    hue_shift: float = opt(10.0, "hue shift, +- Albumentations HSV units (hue in [0, 180))")
+    sat_shift: float = opt(20.0, "saturation shift, +- HSV units")
+    val_shift: float = opt(20.0, "value shift, +- HSV units")
+    brightness: float = opt(0.2, "brightness jitter, +- fraction")
+    contrast: float = opt(0.2, "contrast jitter, +- fraction")
+    cutout_p: float = opt(0.5, "probability of one cutout hole (filled with the mean)")
+    cutout_min: int = opt(8, "smallest cutout side, pixels")
+    cutout_max: int = opt(16, "largest cutout side, pixels")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Defaults are the project's ResNet18 recipe (30 epochs)."""
 
-    name: str = "resnet18"
-    data_dir: str = "data"
-    runs_dir: str = "runs"
-    download: bool = True         # fetch CIFAR-10 with torchvision when data_dir lacks it
-    val_size: int = 5000          # carved from the 50,000 training images, stratified; 0 = train on all
-    subset: int = 0               # use only N training images (stratified), 0 = all; for quick runs
-    test_subset: int = 0          # evaluate on only N test images, 0 = all 10,000
+    name: str = opt("resnet18", "run name: the folder runs-dir/NAME")
+    data_dir: str = opt("data", "folder holding (or receiving) cifar-10-batches-py/")
+    runs_dir: str = opt("runs", "folder of run directories")
+    download: bool = opt(True, "download CIFAR-10 with torchvision when data-dir lacks it")
+    val_size: int = opt(5000, "images carved from the 50,000 training images for validation, stratified "
+                              "(0: train on all, no model selection)")
+    subset: int = opt(0, "train on a stratified subset of N training images, for quick runs (0: all)")
+    test_subset: int = opt(0, "evaluate on a stratified subset of N test images (0: all 10,000)")
     # Optimisation. batch_size is GLOBAL: each of N processes takes batch_size / N, so the
     # recipe (and its max_lr) means the same thing on 1 CPU or 8 GPUs.
-    epochs: int = 30
-    batch_size: int = 512
-    eval_batch_size: int = 1024
-    max_lr: float = 0.4
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4    # L2, through SGD
-    l1: float = 0.0               # L1 penalty on weights, added to the loss
-    label_smoothing: float = 0.1
-    dropout: float = 0.0
+    epochs: int = opt(30, "training epochs")
+    batch_size: int = opt(512, "GLOBAL batch, images per optimiser step over all processes")
+    eval_batch_size: int = opt(1024, "global batch for validation and test, images")
+    max_lr: float = opt(0.4, "peak learning rate of the schedule (OneCycle), or the initial one (step/plateau)")
+    momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(True, "Nesterov momentum")
+    weight_decay: float = opt(5e-4, "L2 weight decay, through SGD")
+    l1: float = opt(0.0, "L1 penalty on weights, added to the loss (0: off)")
+    label_smoothing: float = opt(0.1, "label smoothing of the training loss")
+    dropout: float = opt(0.0, "dropout before the classifier, probability")
     # Evaluation (validation and test alike, so the choice is made on validation) averages the
     # logits of each image and its mirror image: the model was trained on both orientations.
-    tta: bool = False
-    scheduler: str = "onecycle"   # onecycle | plateau | step
-    pct_start: float = 0.25       # onecycle: fraction of steps spent warming up
-    div_factor: float = 10.0      # onecycle: initial lr = max_lr / div_factor
-    final_div_factor: float = 100.0  # onecycle: final lr = initial lr / final_div_factor
-    step_size: int = 10           # step: epochs between decays
-    gamma: float = 0.1            # step/plateau: decay factor
-    patience: int = 3             # plateau: epochs without val improvement
+    tta: bool = opt(False, "evaluate each image averaged with its mirror image (validation and test)")
+    scheduler: str = opt("onecycle", "learning-rate schedule", choices=("onecycle", "plateau", "step"))
+    pct_start: float = opt(0.25, "onecycle: fraction of the steps spent warming up")
+    div_factor: float = opt(10.0, "onecycle: initial lr = max-lr / div-factor")
+    final_div_factor: float = opt(100.0, "onecycle: final lr = initial lr / final-div-factor")
+    step_size: int = opt(10, "step: epochs between decays")
+    gamma: float = opt(0.1, "step/plateau: decay factor")
+    patience: int = opt(3, "plateau: epochs without validation improvement before a decay")
     # Execution
-    mixed_precision: str = "auto"  # auto (bf16 on GPUs that have it, else no) | no | bf16 | fp16
-    channels_last: bool = True    # GPU only: CPU convolutions are ~3x slower in channels_last
-    compile: bool = False
-    num_workers: int = -1         # DataLoader workers per process; -1 = auto
-    seed: int = 0
-    deterministic: bool = False   # bit-exact reruns (slower on GPU)
-    keep_checkpoints: int = 2     # newest epoch checkpoints kept on disk
-    # Epochs between checkpoints (the last epoch always gets one). A checkpoint (weights + momentum,
-    # ~90 MB) costs a fraction of a second (checkpoint_seconds in metrics.jsonl): nothing next to a
-    # CPU epoch, possibly a visible share of a ~1 s GPU epoch. A kill loses at most this many
-    # epochs; --resume redoes them exactly.
-    checkpoint_every: int = 1
-    aug: AugConfig = field(default_factory=AugConfig)
+    mixed_precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp32 (no)",
+                               choices=("auto", "no", "bf16", "fp16"))
+    channels_last: bool = opt(True, "channels_last memory format, GPU only (CPU convolutions are ~3x slower in it)")
+    compile: bool = opt(False, "torch.compile the model (inductor)")
+    num_workers: int = opt(-1, "DataLoader worker processes per training process (-1: auto, from the cores "
+                               "of this node shared among its processes; 0: load in the training process)")
+    seed: int = opt(0, "seed of the weights, shuffling and augmentation")
+    deterministic: bool = opt(False, "bit-exact reruns (slower on GPU)")
+    keep_checkpoints: int = opt(2, "newest epoch checkpoints kept on disk")
+    # A checkpoint (weights + momentum, ~90 MB) costs a fraction of a second (checkpoint_seconds in
+    # metrics.jsonl): nothing next to a CPU epoch, possibly a visible share of a ~1 s GPU epoch.
+    checkpoint_every: int = opt(1, "epochs between checkpoints (the last epoch always gets one); a kill "
+                                   "loses at most this many epochs, which --resume redoes exactly")
+    aug: AugConfig = opt(factory=AugConfig, cli=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -175,32 +188,50 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--flag` per config field (AugConfig fields flat), defaults taken from the dataclasses."""
+def add_dataclass_arguments(group, cls: type, skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """One `--flag` per field of a config dataclass, with its help, choices and default; the value
+    lands in `args.<prefix><field>` (a prefix keeps two dataclasses' fields of one name apart).
+
+    Flags default to None so that "given" and "not given" differ: a flag overrides a `--config`
+    file or a saved search only when it was typed.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        meta = f.metadata
+        if f.name in skip or not meta.get("cli", True):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        text = f"{meta.get('help', '')} (default: {default})"
+        choices = meta.get("choices")
+        if kind is bool:
+            group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=text)
+        else:  # choices are checked by the config's validation, which says what to choose in one line
+            group.add_argument(flag, dest=prefix + f.name, type=kind, default=None, help=text,
+                               metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper())
+
+
+def given_fields(args: argparse.Namespace, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of `cls` whose flags were given, by field name."""
+    return {f.name: getattr(args, prefix + f.name) for f in fields(cls)
+            if f.name not in skip and getattr(args, prefix + f.name, None) is not None}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The flags of TrainConfig and AugConfig (flat), and `--config FILE`."""
     group = parser.add_argument_group("training configuration")
-    for cls in (TrainConfig, AugConfig):
-        for f in fields(cls):
-            if f.name == "aug":
-                continue
-            default = f.default
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(default, bool):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                   help=f"(default: {default})")
-            else:
-                group.add_argument(flag, type=type(default), default=None, metavar=type(default).__name__.upper(),
-                                   help=f"(default: {default})")
+    add_dataclass_arguments(group, TrainConfig, skip)
+    add_dataclass_arguments(parser.add_argument_group("augmentation (training images only)"), AugConfig, skip)
     group.add_argument("--config", type=Path, default=None,
                        help="JSON file of config fields (e.g. a run's config.json); flags override it")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build the config: defaults, then `--config FILE`, then explicit flags."""
-    cfg = TrainConfig()
-    if getattr(args, "config", None) is not None:
-        cfg = load_config(args.config)
-    names = [f.name for f in fields(TrainConfig) if f.name != "aug"] + [f.name for f in fields(AugConfig)]
-    changes = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+def config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> TrainConfig:
+    """Build the config: defaults, then `--config FILE`, then the flags that were given."""
+    cfg = load_config(args.config) if getattr(args, "config", None) is not None else TrainConfig()
+    changes = {**given_fields(args, TrainConfig, skip=skip + ("aug",)), **given_fields(args, AugConfig, skip=skip)}
     return cfg.replace(**changes) if changes else cfg
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from distributed.rundir import CIFAR10_CLASSES
+from distributed.rundir import CIFAR10_CLASSES, write_json
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -208,9 +208,7 @@ def channel_stats(images: np.ndarray, cache_dir: Path | None = None) -> tuple[tu
     if cache:
         try:  # the cache is an optimisation: a read-only data folder must not stop training
             stored[key] = {"mean": mean, "std": std}
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(stored))
-            os.replace(tmp, cache)
+            write_json(cache, stored)
         except OSError:
             pass
     return mean, std
@@ -304,7 +302,7 @@ def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: 
     """A DataLoader over `dataset` with an `EpochSampler`.
 
     Its epoch drives shuffling and augmentation: `loader.sampler.set_epoch(e)` on this loader, but
-    `prepared.set_epoch(e)` once Accelerate has prepared it (see `engine.epoch_batches`).
+    `prepared.set_epoch(e)` once Accelerate has prepared it (see `epoch_batches`).
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
     loader = DataLoader(
@@ -318,3 +316,14 @@ def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: 
         generator=torch.Generator().manual_seed(seed),
     )
     return loader
+
+
+def epoch_batches(loader, epoch: int):
+    """Iterate one epoch of a prepared training loader, shuffled and augmented for `epoch`.
+
+    The epoch must be set on the loader, not on its sampler: Accelerate's DataLoaderShard re-sets
+    the sampler's epoch from its own counter at every `iter()` (and only advances that counter when
+    an iteration runs to the end), so a sampler-only `set_epoch` would be silently undone.
+    """
+    loader.set_epoch(epoch)
+    return iter(loader)

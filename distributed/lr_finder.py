@@ -1,17 +1,42 @@
 """LR range test (Smith 2015; fastai's lr_find): loss against an exponentially rising learning rate.
 
-No scheduler runs during the test; the model and optimiser it trains are thrown away afterwards.
+A step before `fit`: `find_lr(cfg, run_dir)` trains a throw-away copy of the run's model (no
+scheduler), writes lr_find.json into the run directory and returns the config to train with.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch.nn.functional as F
 
 from distributed.config import TrainConfig
-from distributed.engine import epoch_batches
+from distributed.data import CifarArrays, epoch_batches
+from distributed.pipeline import build_accelerator, build_pipeline
+from distributed.rundir import RunWriter
+
+
+def find_lr(cfg: TrainConfig, run_dir: str | Path, *, data: CifarArrays | None = None,
+            use_suggestion: bool = True) -> TrainConfig:
+    """Run the LR range test on the run's own data and model, write lr_find.json, and return `cfg`
+    with the max_lr to train with: the suggestion, or cfg.max_lr when `use_suggestion` is False.
+
+    Refuses a run directory that already holds a run, as `fit` would, before any work.
+    """
+    # An Accelerator of its own: `save_state` saves every model an Accelerator prepared, so the
+    # throw-away model must not be registered with the one `fit` checkpoints.
+    accelerator = build_accelerator(cfg)
+    writer = RunWriter(run_dir, accelerator.is_main_process)
+    writer.start(cfg.to_dict(), resume=False)
+    result = run_range_test(cfg, accelerator, build_pipeline(cfg, accelerator, data))
+    accelerator.free_memory()
+    result["chosen_max_lr"] = result["suggested_max_lr"] if use_suggestion else cfg.max_lr
+    writer.write_lr_find(result)
+    accelerator.print(f"LR range test: suggested max_lr {result['suggested_max_lr']:.3g}, "
+                      f"training with {result['chosen_max_lr']:.3g}")
+    return cfg.replace(max_lr=result["chosen_max_lr"])
 
 
 def suggest_max_lr(lrs: np.ndarray, losses: np.ndarray) -> float:

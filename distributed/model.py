@@ -69,23 +69,20 @@ def resnet18(num_classes: int = 10, dropout: float = 0.0) -> ResNet:
 
 
 def gradcam_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The GradCAM target layers by name (`layer1..layer4`), on the unwrapped model.
-
-    Accepts a model wrapped by DDP (`.module`) or `torch.compile` (`._orig_mod`).
-    """
+    """The GradCAM target layers by name (`layer1..layer4`), on the unwrapped model."""
     model = unwrap(model)
     return {name: getattr(model, name) for name in LAYER_NAMES}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    """The plain model inside DDP / DataParallel and torch.compile wrappers (in any nesting)."""
+    from accelerate.utils import extract_model_from_parallel
+
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
+        inner = extract_model_from_parallel(model, keep_torch_compile=False)
+        if inner is model:
             return model
+        model = inner
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,8 +1,9 @@
-"""The files a run writes: the interface between training, search and report.
+"""The files a run writes, the interface between training, search and report, and their one writer.
 
     runs/<name>/
-      config.json        {"config": TrainConfig fields, "versions": {...}, "git_commit", "hostname",
-                          "created", "world_size", "device", "num_params"}
+      config.json        {"config": TrainConfig fields, "versions": {...}, "python", "git_commit",
+                          "hostname", "device", "world_size", "mixed_precision", "num_params",
+                          "created", "split": {"train", "val", "test"}, "mean", "std"}
       metrics.jsonl      one JSON object per finished epoch: epoch (1-based), train_loss, train_acc,
                          val_loss, val_acc (null when --val-size 0), lr (last lr of the epoch),
                          epoch_seconds, images_per_sec (training images/s, all processes),
@@ -15,26 +16,36 @@
       model.safetensors  final weights
       predictions.npz    test set: logits float32 [N, 10], labels int64 [N], indices int64 [N]
                          (positions in the test set, so a report can fetch the images)
-      summary.json       test_acc, test_loss, best_val_acc, best_epoch, epochs, wall_seconds,
+      summary.json       test_acc, test_loss, test_count, best_val_acc, best_epoch, epochs, wall_seconds,
                          total_seconds (wall clock of fit over all invocations: start-up, evaluation,
-                         checkpoints included), images_per_sec, device, world_size, num_params,
-                         mean, std, weights
-      lr_find.json       LR range test (--find-lr): lrs, losses, suggested_max_lr, chosen_max_lr
+                         checkpoints included), images_per_sec, device, world_size, mixed_precision,
+                         num_params, mean, std, weights (the file predictions.npz came from), plus
+                         ranks_in_sync (train.py) or trial_id, trial_status, search, params (a search's best/)
+      lr_find.json       LR range test (--find-lr): lrs, losses, smoothed, suggested_max_lr, chosen_max_lr
 
     runs/search-<name>/  (tuning/search.py)
-      search.json        the search's own settings and the best trial id
+      search.json        the search's own settings, its space, base config and summary
       results.csv        one row per trial, best validation accuracy first
-      trials/<id>/       each trial's config.json and metrics.jsonl
+      trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json
       best/              the best trial in the layout above, test-evaluated once
+
+`RunWriter` is the only code that writes these files (the search's own two, search.json and
+results.csv, are written by tuning/runner.py); every write goes through `atomic_path`, so a kill
+at any moment leaves the previous version of a file or the new one, never half of one.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from distributed.config import ConfigError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -50,17 +61,42 @@ SEARCH_JSON = "search.json"
 RESULTS_CSV = "results.csv"
 TRIALS = "trials"
 BEST_TRIAL = "best"
+PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+# Config fields a resumed run may change: where things live and how fast they load, not what is learnt.
+RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every"}
+
+
+# ----------------------------------------------------------------------------- reading and atomic writes
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so numpy/safetensors keep the name); when
+    the block ends without error, rename it over `path` (a file or a folder). On error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            _remove(path)  # os.replace cannot replace a non-empty folder
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(o: Any) -> Any:
@@ -89,22 +125,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(row, default=_jsonable) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Keep only epochs <= last_epoch (those covered by the checkpoint a resume starts from)."""
-    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= last_epoch]
-    path = Path(run_dir) / METRICS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
 def selection_key(row: dict[str, Any]) -> tuple[float, float]:
     """How epochs rank for model selection: validation accuracy, ties going to the lower val loss."""
     return (row["val_acc"], -row["val_loss"])
@@ -123,3 +143,169 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch_")
                   and (p / TRAINER_STATE).exists())
+
+
+def build_summary(meta: dict[str, Any], rows: list[dict[str, Any]], test: dict[str, Any] | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    """summary.json of a run: its config.json `meta`, its metrics rows, the test result, and `extra`.
+
+    The best epoch is ranked like fit ranks it (`selection_key`); without a validation split the
+    last epoch stands in for it. Images/s is the steady state: epochs after the first, which pays warm-up.
+    """
+    vals = [r for r in rows if r.get("val_acc") is not None]
+    best = max(vals, key=selection_key) if vals else (rows[-1] if rows else None)
+    rates = [r["images_per_sec"] for r in rows]
+    rates = rates[1:] or rates
+    return {
+        "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
+        "test_count": test["count"] if test else None,
+        "best_val_acc": best["val_acc"] if vals else None, "best_epoch": best["epoch"] if best else 0,
+        "epochs": rows[-1]["epoch"] if rows else 0, "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
+        "total_seconds": None, "images_per_sec": float(np.mean(rates)) if rates else None,
+        **{k: meta.get(k) for k in ("device", "world_size", "mixed_precision", "num_params", "mean", "std")},
+        "weights": FINAL_WEIGHTS, **extra}
+
+
+# ----------------------------------------------------------------------------- the writer
+@dataclass
+class TrainerState:
+    """Where training stands; saved beside every checkpoint (trainer_state.json) and resumed from it."""
+
+    epoch: int = 0                     # finished epochs
+    best_val_acc: float = -1.0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    wall_seconds: float = 0.0          # training epochs only
+    total_seconds: float = 0.0         # everything fit did, up to the last checkpoint
+
+    def improves(self, row: dict[str, Any]) -> bool:
+        """Record `row` as the best epoch when it ranks above the best so far; True if it did.
+        Without a validation split every epoch beats the previous one (the last stands in for the best)."""
+        ranked = row if row.get("val_acc") is not None else {"val_acc": float(row["epoch"]), "val_loss": 0.0}
+        if selection_key(ranked) <= (self.best_val_acc, -self.best_val_loss):
+            return False
+        self.best_val_acc, self.best_val_loss, self.best_epoch = ranked["val_acc"], ranked["val_loss"], row["epoch"]
+        return True
+
+
+class RunWriter:
+    """The one writer of a run directory. Every method only writes on the main process, so callers
+    need no rank checks; `checkpoint` must still be called on every process (Accelerate's
+    `save_state` is collective: each rank saves its own random state)."""
+
+    def __init__(self, run_dir: str | Path, is_main: bool = True) -> None:
+        self.run_dir, self.is_main = Path(run_dir), is_main
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    # -- before training
+    def start(self, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+        """Check the folder before anything is built: refuse to reuse a run without `resume`, and on
+        resume refuse a config that would change the result. Returns the summary of an already
+        finished run (resume), else None. Reads only, on every process, so all ranks stop alike."""
+        saved = self.path(CONFIG)
+        if saved.exists() and not resume:
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                              f"or choose another --name")
+        if saved.exists():
+            before = read_json(saved)["config"]
+            diff = sorted(k for k in set(before) | set(config)
+                          if before.get(k) != config.get(k) and k not in RESUMABLE_CHANGES)
+            if diff:
+                raise ConfigError(f"--resume with a config that differs from {saved} in: {', '.join(diff)}; "
+                                  f"resume with the run's own settings or start a new --name")
+            if self.path(SUMMARY).exists():
+                return read_json(self.path(SUMMARY))
+        return None
+
+    def write_config(self, meta: dict[str, Any]) -> None:
+        """config.json, once: a resumed run keeps the description of its first start."""
+        if self.is_main and not self.path(CONFIG).exists():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.path(CONFIG), meta)
+
+    def write_lr_find(self, result: dict[str, Any]) -> None:
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.path(LR_FIND), result)
+
+    def write_params(self, params: dict[str, Any]) -> None:
+        """A search trial's sampled hyperparameters (the results table reads them back)."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.path(PARAMS), params)
+
+    def reset_metrics(self, last_epoch: int) -> None:
+        """Keep only the epochs a resumed checkpoint covers (all of them gone when starting over)."""
+        if not self.is_main or not self.path(METRICS).exists():
+            return
+        rows = [r for r in read_metrics(self.run_dir) if r.get("epoch", 0) <= last_epoch]
+        with atomic_path(self.path(METRICS)) as tmp:
+            tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+
+    # -- during training
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch (flushed to disk: a kill right after still keeps it)."""
+        if self.is_main:
+            with open(self.path(METRICS), "a") as f:
+                f.write(json.dumps(row, default=_jsonable) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def save_best(self, model) -> None:
+        self._save_weights(model, BEST_WEIGHTS)
+
+    def save_final(self, model) -> None:
+        self._save_weights(model, FINAL_WEIGHTS)
+
+    def _save_weights(self, model, name: str) -> None:
+        """Unwrapped fp32 weights as safetensors (what the report and the search load)."""
+        if not self.is_main:
+            return
+        from safetensors.torch import save_file
+
+        from distributed.model import unwrap
+
+        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous().cpu()
+                 for k, v in unwrap(model).state_dict().items()}
+        with atomic_path(self.path(name)) as tmp:
+            save_file(state, str(tmp))
+
+    def checkpoint(self, accelerator, state: TrainerState, keep: int) -> Path:
+        """Accelerate `save_state` (model, optimiser, scheduler, random states of every rank) into a
+        temp folder renamed into place, then prune to the newest `keep`. Call on every process."""
+        final = self.path(CHECKPOINTS) / f"epoch_{state.epoch:04d}"
+        # One temp name for all ranks (each writes its own random state into it): no pid in it.
+        tmp = final.with_name(f".tmp.{final.name}")
+        if self.is_main:
+            _remove(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            write_json(tmp / TRAINER_STATE, asdict(state))
+            _remove(final)
+            os.replace(tmp, final)
+            for old in checkpoint_dirs(self.run_dir)[:-keep]:
+                _remove(old)
+        accelerator.wait_for_everyone()
+        return final
+
+    # -- at the end
+    def finish(self, meta: dict[str, Any], test: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """Write predictions.npz (when there is a test result) and summary.json; return the summary.
+        Predictions go first: a summary on disk means the run is complete."""
+        summary = build_summary(meta, read_metrics(self.run_dir), test, **extra)
+        if self.is_main:
+            if test is not None:
+                with atomic_path(self.path(PREDICTIONS)) as tmp:
+                    np.savez(tmp, logits=test["logits"].astype(np.float32), labels=test["labels"].astype(np.int64),
+                             indices=test["indices"].astype(np.int64))
+            write_json(self.path(SUMMARY), summary)
+        return summary
+
+
+def read_trainer_state(checkpoint: Path) -> TrainerState:
+    return TrainerState(**read_json(Path(checkpoint) / TRAINER_STATE))

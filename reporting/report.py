@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,6 @@ from distributed.config import ConfigError, TrainConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "index.html.j2"
-SEARCH_FILES = (rundir.SEARCH_JSON, rundir.RESULTS_CSV)
-# Columns of results.csv that describe a trial's outcome, not its configuration.
-_OUTCOME_COLUMNS = {"trial_id", "trial", "id", "status", "epochs", "epoch", "epochs_reached", "training_iteration",
-                    "val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc", "test_acc", "wall_seconds",
-                    "time_total_s", "error", "logdir", "path", "best_epoch", "images_per_sec"}
 
 
 class ReportError(Exception):
@@ -63,8 +57,7 @@ def _read_json(path: Path) -> Any:
 
 def is_search_dir(path: Path) -> bool:
     """A `runs/search-<name>/` directory (tuning/search.py), as opposed to one training run."""
-    path = Path(path)
-    return (path / rundir.BEST_TRIAL).is_dir() and any((path / f).exists() for f in SEARCH_FILES)
+    return (Path(path) / rundir.SEARCH_JSON).exists()
 
 
 def load_run(path: Path) -> Run:
@@ -92,25 +85,12 @@ def load_run(path: Path) -> Run:
     missing = {"logits", "labels", "indices"} - set(predictions)
     if missing:
         raise ReportError(f"{path / rundir.PREDICTIONS} lacks {', '.join(sorted(missing))}")
-    # The weights that produced predictions.npz (summary "weights"), so GradCAM explains the very
-    # predictions shown; older runs without that field: best, else final.
-    named = summary.get("weights")
-    candidates = ([named] if isinstance(named, str) and "/" not in named else []) + [rundir.BEST_WEIGHTS,
-                                                                                     rundir.FINAL_WEIGHTS]
-    weights = next((path / f for f in candidates if (path / f).is_file()), None)
-    if weights is None:
-        raise ReportError(f"{path} has neither {rundir.BEST_WEIGHTS} nor {rundir.FINAL_WEIGHTS}")
-    return Run(path, meta, config, summary, _one_row_per_epoch(rundir.read_metrics(path)), lr_find,
-               predictions, weights)
-
-
-def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Epoch order, the last row of each epoch winning (a resumed run may repeat epochs it redid)."""
-    by_epoch = {}
-    for r in rows:
-        if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float)):
-            by_epoch[int(r["epoch"])] = r
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    # The weights that produced predictions.npz, so GradCAM explains the very predictions shown.
+    weights = path / str(summary.get("weights"))
+    if not weights.is_file() or weights.parent != path:
+        raise ReportError(f"{path / rundir.SUMMARY} names the weights {summary.get('weights')!r}, "
+                          f"which are not in {path}")
+    return Run(path, meta, config, summary, rundir.read_metrics(path), lr_find, predictions, weights)
 
 
 def load_model(run: Run, num_classes: int, device: str):
@@ -125,9 +105,6 @@ def load_model(run: Run, num_classes: int, device: str):
         state = load_file(str(run.weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ReportError(f"{run.weights} is not a readable safetensors file ({e})") from None
-    # Weights saved from a DDP or compiled model carry wrapper prefixes; the architecture is the same.
-    for prefix in ("module.", "_orig_mod."):
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -470,23 +447,23 @@ def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.nd
 
 
 def _summary_rows(run: Run, stats: dict[str, Any]) -> list[tuple[str, str]]:
-    s, meta = run.summary, run.meta
+    s = run.summary
     last_val = next((r.get("val_acc") for r in reversed(run.metrics) if r.get("val_acc") is not None), None)
     best_epoch = f" (epoch {s['best_epoch']})" if s.get("best_epoch") is not None else ""
     rate = s.get("images_per_sec")
     return [
-        ("Test accuracy", _pct(s.get("test_acc", stats["accuracy"]))),
+        ("Test accuracy", _pct(s["test_acc"])),
         ("Test loss", f"{s['test_loss']:.4f}" if isinstance(s.get("test_loss"), (int, float)) else "–"),
         ("Best validation accuracy", _pct(s.get("best_val_acc")) + best_epoch),
         ("Final validation accuracy", _pct(last_val)),
-        ("Epochs", str(s.get("epochs", len(run.metrics)))),
+        ("Epochs", str(s["epochs"])),
         ("Wall time (training)", _duration(s.get("wall_seconds"))),
         ("Wall time (all: start-up, evaluation, checkpoints)", _duration(s.get("total_seconds"))),
         ("Training throughput", f"{float(rate):,.0f} images/s" if isinstance(rate, (int, float)) else "–"),
-        ("Hardware", str(s.get("device", meta.get("device", "–")))),
-        ("World size (processes)", str(s.get("world_size", meta.get("world_size", "–")))),
-        ("Mixed precision", str(s.get("mixed_precision", run.config.mixed_precision))),
-        ("Parameters", f"{int(s.get('num_params', meta.get('num_params', 0))):,}"),
+        ("Hardware", str(s["device"])),
+        ("World size (processes)", str(s["world_size"])),
+        ("Mixed precision", str(s["mixed_precision"])),
+        ("Parameters", f"{int(s['num_params']):,}"),
         ("Weights in this report", run.weights.name),
         ("Test images", f"{len(run.predictions['labels']):,}"),
         ("Normalisation mean / std", f"{_fmt_floats(s['mean'])} / {_fmt_floats(s['std'])}"),
@@ -505,27 +482,18 @@ def _lr_find_rows(lr_find: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def _search_context(path: Path) -> dict[str, Any]:
-    """The search's settings, its trials table, and which columns are hyperparameters."""
-    settings = _read_json(path / rundir.SEARCH_JSON) if (path / rundir.SEARCH_JSON).exists() else {}
+    """The search's settings, its trials table (results.csv), and which columns are hyperparameters."""
+    settings = _read_json(path / rundir.SEARCH_JSON)
     if not isinstance(settings, dict):
-        raise ReportError(f"{path / 'search.json'} must hold a JSON object")
+        raise ReportError(f"{path / rundir.SEARCH_JSON} must hold a JSON object")
     columns, rows = read_results_csv(path / rundir.RESULTS_CSV)
-    metric = next((c for c in (settings.get("metric"), "best_val_acc", "val_acc") if c and c in columns), None)
-    space = settings.get("space") if isinstance(settings.get("space"), dict) else {}
-    params = [c for c in columns if c in space or c.split("/")[-1] in space]
-    if not params:
-        # No declared space: every column that varies between trials and is not an outcome.
-        params = [c for c in columns if c.split("/")[-1] not in _OUTCOME_COLUMNS
-                  and len({r.get(c) for r in rows}) > 1]
-    summary = settings.get("summary") if isinstance(settings.get("summary"), dict) else {}
-    best = summary.get("best_trial", settings.get("best_trial"))
-    id_column = next((c for c in ("trial_id", "trial", "id") if c in columns), None)
+    space = settings.get("space") or {}
+    best = str((settings.get("summary") or {}).get("best_trial"))
     return {"name": path.name, "path": str(path), "columns": columns, "rows": rows,
-            "table": [{"cells": [_cell(r.get(c)) for c in columns],
-                       "best": best is not None and id_column is not None and r.get(id_column) == str(best)}
+            "table": [{"cells": [_cell(r.get(c)) for c in columns], "best": r.get("trial_id") == best}
                       for r in rows],
-            "metric": metric, "params": params, "settings": _flatten(settings),
-            "best": "" if best is None else str(best)}
+            "metric": "best_val_acc", "params": [c for c in columns if c in space],
+            "settings": _flatten(settings), "best": best}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -546,21 +514,3 @@ def _render(context: dict[str, Any]) -> str:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     return env.get_template(TEMPLATE).render(**context)
-
-
-__all__ = ["ReportError", "Run", "build_report", "classification_stats", "is_search_dir", "load_model",
-           "load_run", "read_results_csv"]
-
-
-def build_report_after_run(run_dir: str | Path, out_dir: str | Path = "reports") -> bool:
-    """What train.py and search.py call at the end: build the report, or say in one line why not.
-
-    The run's files are complete either way, so a failure here only prints how to retry.
-    """
-    try:
-        print(f"report: {build_report(run_dir, out_dir)}", flush=True)
-        return True
-    except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
-        print(f"report failed ({type(e).__name__}: {e}); the run is complete, rebuild it with "
-              f"`python reporting/build.py {run_dir} --out {out_dir}`", file=sys.stderr)
-        return False

@@ -29,30 +29,52 @@ def _to_rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1).copy()
 
 
-class Py2Pickler(pickle._Pickler):
-    """Protocol 2 with bytes written as Python 2 `str`, as in the official cifar-10-python.tar.gz.
+def py2_pickle(obj) -> bytes:
+    """`obj` pickled (protocol 2) as Python 2 wrote the official files, opcode by opcode: byte
+    strings as Python 2 `str` (SHORT_BINSTRING/BINSTRING, which no Python 3 pickler writes) and numpy
+    arrays through `numpy.core.multiarray._reconstruct`. Loaded with encoding="latin1" the keys are
+    str ("data"); with encoding="bytes", b"data". Handles what a batch file holds: dict, list, int,
+    bytes, uint8 array."""
+    out = bytearray(b"\x80\x02")  # PROTO 2
 
-    Loaded with encoding="latin1" its keys are str ("data"); with encoding="bytes", b"data".
-    """
+    def string(b: bytes) -> None:
+        out.extend(b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b)
 
-    dispatch = pickle._Pickler.dispatch.copy()
+    def save(o) -> None:
+        if isinstance(o, bytes):
+            string(o)
+        elif isinstance(o, int):
+            out.extend(b"K" + bytes([o]) if 0 <= o < 256 else b"J" + struct.pack("<i", o))
+        elif isinstance(o, list):
+            out.extend(b"](")                                   # EMPTY_LIST, MARK
+            for x in o:
+                save(x)
+            out.extend(b"e")                                    # APPENDS
+        elif isinstance(o, dict):
+            out.extend(b"}(")                                   # EMPTY_DICT, MARK
+            for k, v in o.items():
+                save(k)
+                save(v)
+            out.extend(b"u")                                    # SETITEMS
+        elif isinstance(o, np.ndarray) and o.dtype == np.uint8:
+            # _reconstruct(ndarray, (0,), "b"), then BUILD with (1, shape, dtype("u1"), False, raw bytes)
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85")
+            string(b"b")
+            out.extend(b"\x87R(K\x01(")                        # TUPLE3, REDUCE, MARK, 1, MARK
+            for n in o.shape:
+                save(int(n))
+            out.extend(b"tcnumpy\ndtype\n")                      # TUPLE (shape), GLOBAL numpy.dtype
+            string(b"u1")
+            out.extend(b"\x89\x88\x87R(K\x03")                    # False, True, TUPLE3, REDUCE, MARK, 3
+            string(b"|")
+            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")  # None x3, -1, -1, 0, TUPLE, BUILD, False
+            string(np.ascontiguousarray(o).tobytes())
+            out.extend(b"tb")                                   # TUPLE (state), BUILD
+        else:
+            raise TypeError(f"py2_pickle cannot write {type(o).__name__}")
 
-    def save_py2_str(self, obj):
-        n = len(obj)
-        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256
-                   else pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-    def save_global(self, obj, name=None):
-        if getattr(obj, "__name__", "") == "_reconstruct":  # the module path the official files name
-            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
-            self.memoize(obj)
-            return
-        super().save_global(obj, name)
-
-    dispatch[type(len)] = save_global
+    save(obj)
+    return bytes(out + b".")
 
 
 def write_batch(path: Path, images: np.ndarray, labels: np.ndarray, style: str = "py2") -> None:
@@ -66,8 +88,7 @@ def write_batch(path: Path, images: np.ndarray, labels: np.ndarray, style: str =
         raise ValueError(style)
     obj = {k("batch_label"): k("fake batch"), k("labels"): [int(v) for v in labels], k("data"): _to_rows(images),
            k("filenames"): [k(f"img_{i}.png") for i in range(len(labels))]}
-    with open(path, "wb") as f:
-        (Py2Pickler(f, protocol=2) if style == "py2" else pickle.Pickler(f, protocol=2)).dump(obj)
+    Path(path).write_bytes(py2_pickle(obj) if style == "py2" else pickle.dumps(obj, protocol=2))
 
 
 def make_fake_cifar(root: Path, n_train: int = 500, n_test: int = 100, seed: int = 0,
@@ -86,6 +107,5 @@ def make_fake_cifar(root: Path, n_train: int = 500, n_test: int = 100, seed: int
     test_y = rng.permutation(np.arange(n_test) % 10)
     write_batch(folder / "test_batch", fake_images(test_y, rng), test_y, style)
     meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": n_train // 5, b"num_vis": 3072}
-    with open(folder / "batches.meta", "wb") as f:
-        (Py2Pickler(f, protocol=2) if style == "py2" else pickle.Pickler(f, protocol=2)).dump(meta)
+    (folder / "batches.meta").write_bytes(py2_pickle(meta) if style == "py2" else pickle.dumps(meta, protocol=2))
     return Path(root)

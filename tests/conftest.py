@@ -1,16 +1,13 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# Tests run on 2-core CPUs: keep every process to its share, and never touch a real GPU.
+# The project is installed (`pip install -e .`); pytest puts tests/ itself on the path (rootdir
+# conftest, prepend import mode), which is how cifar_fixture imports. Tests run on 2-core CPUs: keep every process to its share, and never touch a real GPU.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from cifar_fixture import make_fake_cifar  # noqa: E402
+from cifar_fixture import make_fake_cifar
 
 
 @pytest.fixture(scope="session")

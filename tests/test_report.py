@@ -195,7 +195,7 @@ def test_cli_missing_run_dir_is_one_error_line(tmp_path):
 
 @pytest.mark.parametrize("damage", ["no_predictions", "corrupt_config", "corrupt_summary", "no_data"])
 def test_cli_bad_run_dir(damage, run_dir, data_dir, tmp_path, capsys):
-    from reporting.build import main
+    from cifar_lab.cli import report as main
 
     bad = tmp_path / "run"
     shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))

@@ -53,7 +53,8 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     """4 trials in sequence, seed 0 draws max_lr = diverging, good, good, bad: the diverging one fails
     (NonFiniteLossError -> ERROR) and the search goes on; ASHA stops the bad one after epoch 1;
     the best trial is exported and tested once."""
-    from tuning.runner import SearchConfig, run_search
+    from tuning.config import SearchConfig
+    from tuning.runner import run_search
 
     space = {**FIXED, "max_lr": {"type": "choice", "values": [BAD_LR, GOOD_LR, DIVERGING_LR]}}
     search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
@@ -107,7 +108,8 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
 
 def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     """--workers-per-trial 2: one trial is a Ray Train TorchTrainer with 2 gloo ranks."""
-    from tuning.runner import SearchConfig, run_search
+    from tuning.config import SearchConfig
+    from tuning.runner import run_search
 
     space = {**FIXED, "max_lr": GOOD_LR}
     search = SearchConfig(name="ddp", num_samples=1, workers_per_trial=2, cpus_per_trial=1, space=space,
@@ -149,9 +151,16 @@ def test_space_overrides_and_cutout_kept_valid():
         with pytest.raises(ConfigError):
             space.validate_space(space.merge_space(bad), TrainConfig())
     # the l1 domain gives both "off" and log-uniform values from Tune's seeded sampler
-    dom = space.to_tune(space.DEFAULT_SPACE)["l1"]
-    vals = dom.sample(size=200, random_state=np.random.default_rng(0))
+    from ray.tune.search.variant_generator import generate_variants
+
+    def draw(seed):
+        rng = np.random.RandomState(seed)
+        return [space.trial_params(c)["l1"] for _ in range(200)
+                for _, c in generate_variants(space.to_tune(space.DEFAULT_SPACE), random_state=rng)]
+
+    vals = draw(0)
     assert any(v == 0.0 for v in vals) and any(1e-7 <= v <= 1e-5 for v in vals)
+    assert draw(0) == vals and draw(1) != vals  # the search seed decides the draws
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])

@@ -164,7 +164,13 @@ def apply_params(base_cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 # ----------------------------------------------------------------------------- Tune form
 def to_tune(space: dict[str, Any]) -> dict[str, Any]:
-    """The param_space for `tune.Tuner` (Tune domains; constants pass through)."""
+    """The param_space for `tune.Tuner` (Tune domains; constants pass through).
+
+    `off_or_loguniform` has no Tune domain of its own. It becomes two helper values drawn by Tune
+    (`_<field>_off` uniform in [0, 1), `_<field>_log` log-uniform), so the seed of the search makes
+    them reproducible, and a `sample_from` that picks 0.0 when the first is below off_p. The helper
+    keys start with "_" and `trial_params` drops them.
+    """
     from ray import tune
 
     out: dict[str, Any] = {}
@@ -182,30 +188,19 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
         elif kind == "choice":
             out[key] = tune.choice(list(spec["values"]))
         elif kind == "off_or_loguniform":
-            out[key] = off_or_loguniform(spec["lower"], spec["upper"], spec.get("off_p", 0.5))
+            off, log = f"_{key}_off", f"_{key}_log"
+            out[off] = tune.uniform(0.0, 1.0)
+            out[log] = tune.loguniform(spec["lower"], spec["upper"])
+            out[key] = tune.sample_from(_off_or(off, log, spec.get("off_p", 0.5)))
     return out
 
 
-def off_or_loguniform(lower: float, upper: float, off_p: float = 0.5):
-    """A Tune domain: 0.0 (the term switched off) with probability off_p, else log-uniform.
+def _off_or(off: str, log: str, off_p: float):
+    def pick(config: dict[str, Any]) -> float:
+        return 0.0 if config[off] < off_p else float(config[log])
+    return pick
 
-    Sampled from Tune's own random state, so `--seed` makes it reproducible like the others.
-    """
-    from ray.tune.search.sample import Float, _BackwardsCompatibleNumpyRng
 
-    class _OffOrLog(Float._LogUniform):
-        def sample(self, domain, config=None, size=1, random_state=None):
-            if not isinstance(random_state, _BackwardsCompatibleNumpyRng):
-                random_state = _BackwardsCompatibleNumpyRng(random_state)
-            values = super().sample(domain, config, size, random_state)
-            items = list(values) if size > 1 else [values]
-            off = random_state.uniform(0.0, 1.0, size=size)
-            items = [0.0 if o < off_p else float(v) for o, v in zip(off, items)]
-            return items if size > 1 else items[0]
-
-        def __str__(self):
-            return f"OffOrLogUniform(off_p={off_p})"
-
-    domain = Float(lower, upper)
-    domain.set_sampler(_OffOrLog())
-    return domain
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameters: Tune's config without the helper values of `to_tune`."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}

@@ -1,0 +1,168 @@
+"""The three command lines, and the step after a run that both training and search take.
+
+    cifar-train  [flags]   = python distributed/train.py   (accelerate launch / torchrun / python)
+    cifar-search [flags]   = python tuning/search.py
+    cifar-report RUN_DIR   = python reporting/build.py
+
+This package sits above the three stages (distributed <- reporting <- tuning <- cifar_lab): it is
+the one place that sees all of them, so a training run can end with its report without the
+training package importing the report. Each function only parses arguments and calls the stage's
+entry function (`fit`, `run_search`, `build_report`); every flag comes from a config dataclass.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that answers bad flags with one line (its default prints the whole usage too), and
+    takes no abbreviations: `--epoch 2` must not quietly mean `--epochs 2`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _add_report_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("report")
+    group.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+    group.add_argument("--report-dir", default="reports", help="where the report goes (default: reports)")
+
+
+def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
+    """After a finished run or search: build its report unless --no-report. A report that fails
+    never hides the finished run: one line says how to rebuild it, and the exit code is 1."""
+    if args.no_report:
+        return 0
+    from reporting.report import build_report
+
+    try:
+        print(f"report: {build_report(run_dir, args.report_dir)}", flush=True)
+        return 0
+    except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
+        print(f"report failed ({type(e).__name__}: {e}); the run is complete, rebuild it with "
+              f"`python reporting/build.py {run_dir} --out {args.report_dir}`", file=sys.stderr)
+        return 1
+
+
+# ----------------------------------------------------------------------------- training
+def train(argv: list[str] | None = None) -> int:
+    """`cifar-train`: parse flags, [LR range test], `fit`, report. Returns the exit code."""
+    from distributed.config import ConfigError, add_config_arguments, config_from_args
+
+    parser = _Parser(description="Train ResNet18 on CIFAR-10 (Accelerate; CPU, GPU, DDP).")
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs-dir/NAME from its newest checkpoint, with its saved config "
+                             "(a run that does not exist yet starts)")
+    parser.add_argument("--find-lr", action="store_true",
+                        help="run the LR range test first (lr_find.json) and train with its suggested max_lr "
+                             "(or with --max-lr when given)")
+    _add_report_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        run_dir = Path(cfg.runs_dir) / cfg.name
+        resuming = args.resume and (run_dir / "config.json").exists()
+        if resuming and args.config is None:
+            # Resume with the run's own settings; flags given now override (and are checked by fit).
+            args.config = run_dir / "config.json"
+            cfg = config_from_args(args)
+        from distributed.data import DataError
+        from distributed.engine import fit
+        from distributed.lr_finder import find_lr
+        from distributed.pipeline import LaunchError
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.find_lr and not resuming:
+            cfg = find_lr(cfg, run_dir, use_suggestion=args.max_lr is None)
+        summary = fit(cfg, run_dir, resume=args.resume)
+    except (ConfigError, DataError, LaunchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python distributed/train.py --name {cfg.name} --resume", file=sys.stderr)
+        return 130
+    if summary.get("test_acc") is None or int(os.environ.get("RANK", "0")) != 0:
+        return 0  # only the main process of a DDP run builds the report
+    return finish_run(run_dir, args)
+
+
+# ----------------------------------------------------------------------------- search
+def search(argv: list[str] | None = None) -> int:
+    """`cifar-search`: parse flags, `run_search`, report. Returns the exit code."""
+    from distributed.config import (ConfigError, add_config_arguments, add_dataclass_arguments, config_from_args,
+                                    given_fields)
+    from tuning.config import SearchConfig
+
+    parser = _Parser(description="Ray Tune search over the ResNet18 recipe (ASHA, best trial tested once).")
+    group = parser.add_argument_group("search")
+    add_dataclass_arguments(group, SearchConfig, prefix="search_")
+    group.add_argument("--space", type=Path, default=None, help="YAML/JSON overrides of the search space")
+    _add_report_flags(parser)
+    add_config_arguments(parser, skip=("name",))  # --name is the search's
+    args = parser.parse_args(argv)
+    try:
+        from distributed.data import DataError
+        from tuning.runner import load_saved_search, run_search, search_dir_for
+        from tuning.space import load_space_file
+
+        base_cfg = config_from_args(args, skip=("name",))
+        overrides = load_space_file(args.space) if args.space is not None else {}
+        settings = SearchConfig(**given_fields(args, SearchConfig, prefix="search_"), space=overrides)
+        if settings.resume:  # the search's own settings; only where and how it runs may change
+            base_cfg, saved = load_saved_search(search_dir_for(base_cfg, settings.name))
+            keep = ("num_samples", "grace_period", "reduction_factor", "gpus_per_trial", "cpus_per_trial",
+                    "workers_per_trial", "seed", "space")
+            settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved})
+        summary = run_search(base_cfg, settings)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        name = getattr(args, "search_name", None) or SearchConfig().name
+        print(f"interrupted; continue with: python tuning/search.py --name {name} --resume", file=sys.stderr)
+        return 130
+    if summary.get("interrupted"):
+        return 130
+    if summary.get("test_acc") is None:
+        return 0
+    return finish_run(summary["search_dir"], args)
+
+
+# ----------------------------------------------------------------------------- report
+def report(argv: list[str] | None = None) -> int:
+    """`cifar-report`: build the report of a run or search directory; 2 on unusable input."""
+    parser = _Parser(description="Build the static HTML report of a training run or search.")
+    parser.add_argument("run_dir", type=Path, help="runs/<name> (train.py) or runs/search-<name> (tuning)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="CIFAR-10 folder holding cifar-10-batches-py/ (default: the run's data_dir)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where GradCAM runs (default: cuda when available)")
+    args = parser.parse_args(argv)
+
+    from reporting.report import ReportError, build_report
+
+    try:
+        path = build_report(args.run_dir, args.out, data_dir=args.data_dir, device=args.device)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
+def script(entry: str) -> None:
+    """What the files `distributed/train.py`, `tuning/search.py` and `reporting/build.py` run."""
+    sys.exit({"train": train, "search": search, "report": report}[entry]())

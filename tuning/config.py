@@ -1,0 +1,72 @@
+"""How to search: the frozen `SearchConfig` (the per-trial training config is the separate TrainConfig).
+
+Every field with a flag is an option of `tuning/search.py`, built from this dataclass the way
+`distributed/config.py` builds train.py's: the defaults and help texts live here only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from distributed.config import ConfigError, opt
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A Ray Tune search: how many trials, ASHA's settings, and the resources of each trial."""
+
+    name: str = opt("search", "search name: the folder runs-dir/search-NAME")
+    num_samples: int = opt(32, "trials to sample")
+    grace_period: int = opt(1, "ASHA: epochs every trial gets before it may be stopped")
+    reduction_factor: int = opt(2, "ASHA: keep the best 1/N of the trials at each rung")
+    gpus_per_trial: float | None = opt(None, "GPUs per trial process, fractions share one GPU "
+                                             "(None: 1 when a GPU is visible, else 0)")
+    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial process")
+    workers_per_trial: int = opt(1, "DDP workers per trial (Ray Train TorchTrainer); "
+                                    "gpus/cpus-per-trial are then per worker")
+    max_concurrent_trials: int = opt(0, "trials running at once (0: as many as the resources allow)")
+    address: str | None = opt(None, "join a running Ray cluster (auto or HOST:PORT; None: start a local Ray)")
+    num_cpus: int | None = opt(None, "CPUs a local Ray may use (None: all)")
+    resume: bool = opt(False, "continue runs-dir/search-NAME after an interruption, with its saved settings")
+    space: dict[str, Any] = opt(factory=dict, cli=False)  # overrides merged over space.DEFAULT_SPACE
+    seed: int = opt(0, "seed of the hyperparameter sampling", flag="--search-seed")
+    verbose: int = opt(1, cli=False)
+    # Copy every epoch checkpoint (~90 MB) into Ray's storage. Only needed on a cluster whose nodes
+    # do not share --runs-dir: trials resume from their own run dir otherwise, and the copy costs I/O.
+    tune_checkpoints: bool = opt(False, "also copy each epoch checkpoint into Ray's storage "
+                                        "(clusters without a shared --runs-dir)")
+
+    def __post_init__(self) -> None:
+        def bad(flag: str, value: Any, why: str) -> ConfigError:
+            return ConfigError(f"invalid --{flag} {value!r}: {why}")
+
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise bad("name", self.name, "a search name must be a plain folder name")
+        if self.num_samples < 1:
+            raise bad("num-samples", self.num_samples, "must be >= 1")
+        if self.grace_period < 1:
+            raise bad("grace-period", self.grace_period, "must be >= 1")
+        if self.reduction_factor < 2:
+            raise bad("reduction-factor", self.reduction_factor, "must be >= 2")
+        gpus = self.gpus_per_trial
+        if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+            raise bad("gpus-per-trial", gpus, "must be >= 0 (fractions share a GPU)")
+        if gpus is not None and gpus > 1 and not float(gpus).is_integer():
+            raise bad("gpus-per-trial", gpus, "above 1 it must be a whole number")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise bad("cpus-per-trial", self.cpus_per_trial, "must be > 0")
+        if self.workers_per_trial < 1:
+            raise bad("workers-per-trial", self.workers_per_trial, "must be >= 1")
+        if self.max_concurrent_trials < 0:
+            raise bad("max-concurrent-trials", self.max_concurrent_trials, "must be >= 0")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise bad("num-cpus", self.num_cpus, "must be >= 1")
+
+    def gpus(self) -> float:
+        """GPUs per trial process, `None` resolved against this machine."""
+        if self.gpus_per_trial is not None:
+            return self.gpus_per_trial
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
