@@ -34,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_report_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report")
     group.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
-    group.add_argument("--report-dir", default="reports", help="where the report goes (default: reports)")
+    group.add_argument("--report-dir", default="reports",
+                       help="folder of reports: this one goes to REPORT_DIR/<name>/, and REPORT_DIR/index.html "
+                            "shows it with every report listed (default: reports)")
 
 
 def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
@@ -48,7 +50,8 @@ def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
         print(f"report: {build_report(run_dir, args.report_dir)}", flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
-        print(f"report failed ({type(e).__name__}: {e}); the run is complete, rebuild it with "
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"report failed ({type(e).__name__}: {first}); the run is complete, rebuild it with "
               f"`python reporting/build.py {run_dir} --out {args.report_dir}`", file=sys.stderr)
         return 1
 
@@ -80,6 +83,10 @@ def train(argv: list[str] | None = None) -> int:
         from distributed.engine import fit
         from distributed.lr_finder import find_lr
         from distributed.pipeline import LaunchError
+        from distributed.tracking import check_tracker
+
+        if cfg.log_with != "none":
+            check_tracker(cfg.log_with)  # before any work, not after an LR range test
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,7 +152,9 @@ def report(argv: list[str] | None = None) -> int:
     """`cifar-report`: build the report of a run or search directory; 2 on unusable input."""
     parser = _Parser(description="Build the static HTML report of a training run or search.")
     parser.add_argument("run_dir", type=Path, help="runs/<name> (train.py) or runs/search-<name> (tuning)")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="folder of reports: the report goes to OUT/<run or search name>/, and OUT/index.html "
+                             "shows it with every report under OUT listed (default: reports)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="CIFAR-10 folder holding cifar-10-batches-py/ (default: the run's data_dir)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -159,7 +168,12 @@ def report(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"report written to {path}")
+    except Exception as e:  # noqa: BLE001 - a bug or an input nobody foresaw: one line, never a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: the report of {args.run_dir} failed ({type(e).__name__}: {first}); the run itself is "
+              f"untouched, and any earlier report under {args.out} is kept", file=sys.stderr)
+        return 2
+    print(f"report written to {path} (this report's own folder: {path.parent / args.run_dir.resolve().name})")
     return 0
 
 

@@ -50,6 +50,9 @@ class AugConfig:
     cutout_max: int = opt(16, "largest cutout side, pixels")
 
 
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Defaults are the project's ResNet18 recipe (30 epochs)."""
@@ -98,6 +101,12 @@ class TrainConfig:
     # metrics.jsonl): nothing next to a CPU epoch, possibly a visible share of a ~1 s GPU epoch.
     checkpoint_every: int = opt(1, "epochs between checkpoints (the last epoch always gets one); a kill "
                                    "loses at most this many epochs, which --resume redoes exactly")
+    # Live tracking through Accelerate's tracker API, main process only, into the run directory
+    # (tensorboard: runs/<name>/tensorboard/). Off by default: it needs an optional package.
+    log_with: str = opt("none", "live tracking of per-epoch metrics and per-step loss/lr: tensorboard "
+                                "(pip install -e '.[tensorboard]'; logs into runs-dir/NAME/tensorboard/), "
+                                "wandb or mlflow when installed, none: off",
+                        choices=TRACKERS)
     aug: AugConfig = opt(factory=AugConfig, cli=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +182,8 @@ def validate(cfg: TrainConfig) -> None:
         raise bad("scheduler", cfg.scheduler, "choose onecycle, plateau or step")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise bad("mixed_precision", cfg.mixed_precision, "choose auto, no, bf16 or fp16")
+    if cfg.log_with not in TRACKERS:
+        raise bad("log_with", cfg.log_with, "choose " + ", ".join(TRACKERS[1:]) + " or none")
     if cfg.num_workers < -1:
         raise bad("num_workers", cfg.num_workers, "must be >= 0, or -1 for auto")
     if cfg.val_size >= 50_000:

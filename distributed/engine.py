@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from distributed import rundir
+from distributed import rundir, tracking
 from distributed.config import TrainConfig
 from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
 from distributed.model import count_parameters, unwrap
@@ -62,12 +62,19 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
 
 
 def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler, epoch: int,
-                    progress: bool = True) -> dict[str, float]:
-    """One pass over the training loader. Loss/accuracy are summed over all processes."""
+                    progress: bool = True, steps: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """One pass over the training loader. Loss/accuracy are summed over all processes.
+
+    steps: when given, extended with one row per optimiser step (step, epoch, lr, loss; see
+    rundir.STEPS). The step losses stay on the device until the epoch's one reduction: no host
+    sync per step.
+    """
     p.model.train()
     per_batch_schedule = cfg.scheduler == "onecycle"
     loss_sum = torch.zeros((), device=accelerator.device)
+    ce_sum = torch.zeros((), device=accelerator.device)  # plain cross-entropy, comparable to val_loss
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    step_losses, step_lrs = [], []
     seen, wait, lr, start = 0, 0.0, 0.0, time.perf_counter()
     bar = None
     if progress and accelerator.is_main_process:
@@ -81,6 +88,8 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
         out = p.model(x)
         loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+        with torch.no_grad():
+            ce = F.cross_entropy(out.detach().float(), y) if cfg.label_smoothing else loss.detach().float()
         if cfg.l1 > 0:
             loss = loss + cfg.l1 * l1_penalty(p.model)
         accelerator.backward(loss)
@@ -90,6 +99,9 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         if per_batch_schedule:
             scheduler.step()
         loss_sum += loss.detach().float() * y.shape[0]
+        ce_sum += ce * y.shape[0]
+        step_losses.append(loss.detach().float())
+        step_lrs.append(lr)
         correct += (out.detach().argmax(1) == y).sum()
         seen += y.shape[0]
         if bar is not None and (step % 10 == 0 or step == len(p.train_loader) - 1):
@@ -101,49 +113,70 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         t0 = time.perf_counter()
     if bar is not None:
         bar.close()
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(),
-                                             torch.tensor(float(seen), device=accelerator.device)]), "sum")
+    # One reduction for the epoch: the totals, then each step's batch loss (summed over processes,
+    # divided below: every process takes the same number of equal batches).
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=accelerator.device),
+                                             ce_sum, *step_losses]), "sum")
     elapsed = time.perf_counter() - start
-    loss_total, correct_total, n_total = totals.tolist()
+    loss_total, correct_total, n_total, ce_total, *per_step = totals.tolist()
     if not math.isfinite(loss_total):
         raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr")
-    return {"train_loss": loss_total / n_total, "train_acc": correct_total / n_total,
+    if steps is not None:
+        first = epoch * len(p.train_loader) + 1
+        steps.extend({"step": first + i, "epoch": epoch + 1, "lr": step_lr, "loss": v / accelerator.num_processes}
+                     for i, (step_lr, v) in enumerate(zip(step_lrs, per_step)))
+    return {"train_loss": loss_total / n_total, "train_ce": ce_total / n_total, "train_acc": correct_total / n_total,
             "epoch_seconds": elapsed, "images_per_sec": n_total / elapsed,
             "data_wait_frac": wait / elapsed, "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False, *, label_smoothing: float = 0.0,
+             both: bool = False) -> dict[str, Any]:
     """Loss/accuracy over a prepared loader; `gather_for_metrics` drops the padding DDP adds,
     so every image counts exactly once whatever the batch size and number of processes.
 
-    tta: average the logits of each image and its horizontal mirror (`--tta`).
+    tta:             average the logits of each image and its horizontal mirror (`--tta`).
+    label_smoothing: also return `loss_smoothed`, the cross-entropy with this smoothing (what the
+                     training loss measures); `loss` is always the plain cross-entropy.
+    both:            also return `logits_plain` and `logits_tta` (one more forward pass when tta
+                     is off), so the report can show the calibration of each; `loss`, `acc` and
+                     `logits` stay those of `tta`: nothing is chosen by looking at both.
     """
     was_training = model.training
     model.eval()
-    logits, labels, indices = [], [], []
+    plain, mirrored, labels, indices = [], [], [], []
     for x, y, idx in loader:
         out = model(x).float()
-        if tta:
-            out = (out + model(x.flip(3)).float()) / 2
-        out, y, idx = accelerator.gather_for_metrics((out, y, idx))
-        logits.append(out)
+        flip = model(x.flip(3)).float() if tta or both else out
+        out, flip, y, idx = accelerator.gather_for_metrics((out, flip, y, idx))
+        plain.append(out)
+        mirrored.append(flip)
         labels.append(y)
         indices.append(idx)
     model.train(was_training)
-    logits, labels, indices = torch.cat(logits), torch.cat(labels), torch.cat(indices)
-    return {"loss": F.cross_entropy(logits, labels).item(),
-            "acc": (logits.argmax(1) == labels).float().mean().item(),
-            "count": int(labels.numel()),
-            "logits": logits.cpu().numpy(), "labels": labels.cpu().numpy(), "indices": indices.cpu().numpy()}
+    plain, labels, indices = torch.cat(plain), torch.cat(labels), torch.cat(indices)
+    averaged = (plain + torch.cat(mirrored)) / 2 if tta or both else plain
+    logits = averaged if tta else plain
+    result = {"loss": F.cross_entropy(logits, labels).item(),
+              "acc": (logits.argmax(1) == labels).float().mean().item(),
+              "count": int(labels.numel()),
+              "logits": logits.cpu().numpy(), "labels": labels.cpu().numpy(), "indices": indices.cpu().numpy()}
+    if label_smoothing:
+        result["loss_smoothed"] = F.cross_entropy(logits, labels, label_smoothing=label_smoothing).item()
+    if both:
+        result["logits_plain"], result["logits_tta"] = plain.cpu().numpy(), averaged.cpu().numpy()
+    return result
 
 
 def _validate_and_step(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler,
                        row: dict[str, Any]) -> None:
     """Validation loss/accuracy into `row` (None without a split), then the per-epoch schedules."""
     t_eval = time.perf_counter()
-    val = evaluate(p.model, p.val_loader, accelerator, cfg.tta) if p.val_loader is not None else None
-    row.update(val_loss=val and val["loss"], val_acc=val and val["acc"], eval_seconds=time.perf_counter() - t_eval)
+    val = (evaluate(p.model, p.val_loader, accelerator, cfg.tta, label_smoothing=cfg.label_smoothing)
+           if p.val_loader is not None else None)
+    row.update(val_loss=val and val["loss"], val_loss_smoothed=val and val.get("loss_smoothed", val["loss"]),
+               val_acc=val and val["acc"], eval_seconds=time.perf_counter() - t_eval)
     if cfg.scheduler == "plateau":
         scheduler.step(row["val_acc"] if val else row["train_acc"])
     elif cfg.scheduler == "step":
@@ -170,8 +203,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     evaluate_test: False in search trials: they select on validation only and never see the test set.
     """
     started = time.perf_counter()  # total_seconds counts start-up, evaluation and checkpoints too
-    accelerator = accelerator or build_accelerator(cfg)
-    writer = RunWriter(run_dir if run_dir is not None else Path(cfg.runs_dir) / cfg.name, accelerator.is_main_process)
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.name
+    accelerator = accelerator or build_accelerator(cfg, run_dir)
+    writer = RunWriter(run_dir, accelerator.is_main_process)
     log = accelerator.print
     finished = writer.start(cfg.to_dict(), resume)
     if finished is not None:
@@ -193,12 +227,30 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     writer.reset_metrics(state.epoch)
     accelerator.wait_for_everyone()
     previous_total = state.total_seconds  # earlier invocations, up to their last checkpoint
+    steps_per_epoch = len(p.train_loader)
     log(f"{writer.run_dir}: {len(p.split.train)} train / {len(p.split.val)} val / {len(p.split.test)} test images, "
         f"{meta['device']}, {meta['mixed_precision']} precision, global batch {cfg.batch_size}, "
         f"{meta['num_params']:,} parameters")
+    tracking.start(cfg, accelerator, writer.run_dir, purge_step=state.epoch * steps_per_epoch + 1)
+    try:
+        summary = _train_and_test(cfg, accelerator, p, scheduler, writer, state, meta, callback, evaluate_test,
+                                  progress, started, previous_total)
+    finally:
+        tracking.finish(accelerator)
+    return summary
 
+
+def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler, writer: RunWriter,
+                    state: TrainerState, meta: dict[str, Any], callback: EpochCallback | None, evaluate_test: bool,
+                    progress: bool, started: float, previous_total: float) -> dict[str, Any]:
+    """The epochs from `state` on, then the final weights, the test evaluation and the summary."""
+    log = accelerator.print
     for epoch in range(state.epoch, cfg.epochs):
-        row = {"epoch": epoch + 1, **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress)}
+        steps: list[dict[str, Any]] = []
+        row = {"epoch": epoch + 1, **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress, steps)}
+        # Before the checkpoint: a kill after it is resumed from the previous checkpoint, whose
+        # reset drops these rows, so no step is ever logged twice.
+        writer.log_steps(steps)
         _validate_and_step(cfg, accelerator, p, scheduler, row)
         state.wall_seconds += row["epoch_seconds"]
         row["wall_seconds"] = state.wall_seconds
@@ -211,6 +263,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         ckpt = writer.checkpoint(accelerator, state, cfg.keep_checkpoints) if due else None
         row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
         writer.log_epoch(row)
+        tracking.log_epoch(accelerator, row, steps)
         log(_epoch_line(cfg, row))
         if callback is not None:
             callback(EpochReport(epoch + 1, row, writer.run_dir, ckpt, accelerator.is_main_process))
@@ -220,7 +273,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         log("warning: model weights differ between processes; the distributed setup is broken")
     writer.save_final(accelerator.unwrap_model(p.model))
     # The test set is touched once, at the end, by the final weights: it selects nothing.
-    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta) if evaluate_test else None
+    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta, both=True) if evaluate_test else None
+    if test is not None:
+        tracking.log_test(accelerator, test, step=cfg.epochs * len(p.train_loader))
     summary = writer.finish(meta, test, ranks_in_sync=in_sync,
                             total_seconds=previous_total + time.perf_counter() - started)
     test_txt = f"test accuracy {test['acc']:.4f} on {test['count']} images | " if test else ""
@@ -248,7 +303,7 @@ def evaluate_weights(cfg: TrainConfig, weights: Path, mean, std, data: CifarArra
     model = build_model(cfg, len(data.classes), accelerator)
     model.load_state_dict(load_file(str(weights)))
     model, loader = accelerator.prepare(model, loader)
-    return evaluate(model, loader, accelerator, cfg.tta)
+    return evaluate(model, loader, accelerator, cfg.tta, both=True)
 
 
 def run_meta(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline) -> dict[str, Any]:

@@ -27,17 +27,28 @@ class LaunchError(RuntimeError):
     """The processes were started in a way that would silently train N copies instead of DDP."""
 
 
-def build_accelerator(cfg: TrainConfig) -> Accelerator:
-    """Accelerator with the run's precision and compile settings; fails fast on a broken launch."""
+def build_accelerator(cfg: TrainConfig, run_dir: str | Path | None = None) -> Accelerator:
+    """Accelerator with the run's precision and compile settings; fails fast on a broken launch.
+
+    With `run_dir` and `cfg.log_with` set, it also carries the run's live tracker (Accelerate's
+    tracker API), logging into `run_dir` (see distributed/tracking.py).
+    """
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    tracking = run_dir is not None and cfg.log_with != "none"
+    if tracking:
+        from distributed.tracking import check_tracker
+
+        check_tracker(cfg.log_with)
     accelerator = Accelerator(
         mixed_precision=precision,
         dynamo_backend="inductor" if cfg.compile else None,
         # non_blocking copies from pinned memory overlap the host->device transfer with compute.
         dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         step_scheduler_with_optimizer=False,
+        log_with=cfg.log_with if tracking else None,
+        project_dir=str(run_dir) if tracking else None,
     )
     check_launch(accelerator)
     return accelerator

@@ -4,18 +4,28 @@
       config.json        {"config": TrainConfig fields, "versions": {...}, "python", "git_commit",
                           "hostname", "device", "world_size", "mixed_precision", "num_params",
                           "created", "split": {"train", "val", "test"}, "mean", "std"}
-      metrics.jsonl      one JSON object per finished epoch: epoch (1-based), train_loss, train_acc,
-                         val_loss, val_acc (null when --val-size 0), lr (last lr of the epoch),
+      metrics.jsonl      one JSON object per finished epoch: epoch (1-based), train_loss (the optimised
+                         objective: cross-entropy with --label-smoothing, plus the L1 term), train_ce (plain
+                         cross-entropy of the same training batches), train_acc, val_loss (plain
+                         cross-entropy), val_loss_smoothed (with the run's label smoothing, comparable
+                         to train_loss without L1), val_acc (val_* null when --val-size 0), lr (last lr of the epoch),
                          epoch_seconds, images_per_sec (training images/s, all processes),
                          data_wait_frac (share of step time spent waiting for the loader),
                          eval_seconds (validation), checkpoint_seconds (best weights + checkpoint),
                          wall_seconds (cumulative training time, survives --resume)
+      steps.jsonl        one JSON object per optimiser step: step (1-based over the run), epoch, lr (the
+                         rate that step used), loss (train_loss of that batch, mean over processes);
+                         written once per epoch, before its checkpoint
+      tensorboard/       with --log-with tensorboard: TensorBoard event files (written by the tracker,
+                         not by RunWriter): the metrics.jsonl values per epoch and steps.jsonl's per step
       checkpoints/epoch_NNNN/   Accelerator.save_state + trainer_state.json (newest few kept; every
                          --checkpoint-every epochs and after the last)
       best.safetensors   weights of the epoch with the best val_acc (the last epoch without a val split)
       model.safetensors  final weights
-      predictions.npz    test set: logits float32 [N, 10], labels int64 [N], indices int64 [N]
-                         (positions in the test set, so a report can fetch the images)
+      predictions.npz    test set: logits float32 [N, 10] (what the run reports: mirror-averaged with
+                         --tta), logits_plain and logits_tta (both evaluations, always; the report shows
+                         the calibration of each, nothing selects on them), labels int64 [N], indices
+                         int64 [N] (positions in the test set, so a report can fetch the images)
       summary.json       test_acc, test_loss, test_count, best_val_acc, best_epoch, epochs, wall_seconds,
                          total_seconds (wall clock of fit over all invocations: start-up, evaluation,
                          checkpoints included), images_per_sec, device, world_size, mixed_precision,
@@ -55,6 +65,8 @@ FINAL_WEIGHTS = "model.safetensors"
 PREDICTIONS = "predictions.npz"
 SUMMARY = "summary.json"
 LR_FIND = "lr_find.json"
+STEPS = "steps.jsonl"
+TENSORBOARD = "tensorboard"       # the tracker's folder (--log-with tensorboard), written by the tracker
 TRAINER_STATE = "trainer_state.json"
 # A search directory (runs/search-<name>/)
 SEARCH_JSON = "search.json"
@@ -66,7 +78,8 @@ PARAMS = "params.json"            # a trial's sampled hyperparameters, in its ru
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 # Config fields a resumed run may change: where things live and how fast they load, not what is learnt.
-RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every"}
+RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every",
+                     "log_with"}
 
 
 # ----------------------------------------------------------------------------- reading and atomic writes
@@ -113,7 +126,15 @@ def read_json(path: Path) -> Any:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Per-epoch metrics of a run, in epoch order; a torn last line (killed mid-write) is skipped."""
-    path = Path(run_dir) / METRICS
+    return _read_jsonl(Path(run_dir) / METRICS)
+
+
+def read_steps(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-optimiser-step lr and loss of a run (steps.jsonl), in step order; empty for older runs."""
+    return _read_jsonl(Path(run_dir) / STEPS)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
@@ -237,19 +258,30 @@ class RunWriter:
             write_json(self.path(PARAMS), params)
 
     def reset_metrics(self, last_epoch: int) -> None:
-        """Keep only the epochs a resumed checkpoint covers (all of them gone when starting over)."""
-        if not self.is_main or not self.path(METRICS).exists():
+        """Keep only the epochs a resumed checkpoint covers (all of them gone when starting over),
+        in metrics.jsonl and steps.jsonl alike."""
+        if not self.is_main:
             return
-        rows = [r for r in read_metrics(self.run_dir) if r.get("epoch", 0) <= last_epoch]
-        with atomic_path(self.path(METRICS)) as tmp:
-            tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+        for name in (METRICS, STEPS):
+            if not self.path(name).exists():
+                continue
+            rows = [r for r in _read_jsonl(self.path(name)) if r.get("epoch", 0) <= last_epoch]
+            with atomic_path(self.path(name)) as tmp:
+                tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
 
     # -- during training
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch (flushed to disk: a kill right after still keeps it)."""
-        if self.is_main:
-            with open(self.path(METRICS), "a") as f:
-                f.write(json.dumps(row, default=_jsonable) + "\n")
+        self._append(METRICS, [row])
+
+    def log_steps(self, rows: list[dict[str, Any]]) -> None:
+        """Append one epoch's optimiser steps (step, epoch, lr, loss) to steps.jsonl."""
+        self._append(STEPS, rows)
+
+    def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if self.is_main and rows:
+            with open(self.path(name), "a") as f:
+                f.write("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -300,9 +332,10 @@ class RunWriter:
         summary = build_summary(meta, read_metrics(self.run_dir), test, **extra)
         if self.is_main:
             if test is not None:
+                both = {k: test[k].astype(np.float32) for k in ("logits_plain", "logits_tta") if k in test}
                 with atomic_path(self.path(PREDICTIONS)) as tmp:
                     np.savez(tmp, logits=test["logits"].astype(np.float32), labels=test["labels"].astype(np.int64),
-                             indices=test["indices"].astype(np.int64))
+                             indices=test["indices"].astype(np.int64), **both)
             write_json(self.path(SUMMARY), summary)
         return summary
 

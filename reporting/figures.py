@@ -2,9 +2,15 @@
 
 Every function takes plain numbers/arrays and a path, so the figures can be tested and reused
 without a run directory.  Images are float RGB [H, W, 3] in [0, 1] or uint8.
+
+Every string drawn is plain text: class names, run names and hyperparameter values are user
+input, and matplotlib would read `$...$` or a backslash in them as math text (and fail on it).
+Each public function runs with `text.parse_math` off (`_plain_text`).
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,18 @@ import numpy as np
 
 _DPI = 100
 _FONT_PX = 13      # text size in the image mosaics, in output pixels
+
+
+def _plain_text(fn):
+    """Run a figure function with math text off: every Text created inside takes `parse_math`
+    from the rc context at creation, and rc_context restores the caller's settings after."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False, "text.usetex": False}):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _figure(**kwargs):
@@ -26,6 +44,17 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
+def _plain_log_ticks(ax, axis: str) -> None:
+    """Tick labels of a log axis as plain numbers: matplotlib's default writes them as math text
+    ($10^{-2}$), which `_plain_text` turns off, so they would print as their source."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(base=10, numticks=8))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight", facecolor="white")
@@ -37,56 +66,139 @@ def _column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
 
 
-def plot_curves(metrics: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Train/validation loss and accuracy per epoch, side by side.
+def _loss_axis(ax, values: list[np.ndarray], title: str) -> None:
+    """Log scale when the losses span more than ~1.5 decades (a diverging epoch would otherwise
+    flatten every other point onto the axis)."""
+    from matplotlib.ticker import MaxNLocator
 
-    The loss axis turns logarithmic when the losses span more than ~1.5 decades (a diverging
-    early epoch would otherwise flatten every other point onto the axis).
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 30)
+    if log:
+        ax.set_yscale("log")
+        _plain_log_ticks(ax, "y")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss")
+    ax.set_title(title + (" (log scale)" if log else ""), fontsize=11)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+
+
+@_plain_text
+def plot_curves(metrics: Sequence[dict[str, Any]], path: Path, *, label_smoothing: float = 0.0, l1: float = 0.0,
+                test_loss: float | None = None) -> Path:
+    """Loss and accuracy per epoch, every panel comparing like with like.
+
+    Left: plain cross-entropy (no label smoothing), training batches beside validation, and the
+    final test loss as one point. Middle (only when the run optimised something else, i.e.
+    label smoothing or L1): the training objective beside the validation loss with the same
+    smoothing. Right: accuracy. Older runs without `train_ce` show what they logged, labelled.
     """
     from matplotlib.ticker import MaxNLocator
 
     epochs = _column(metrics, "epoch")
-    fig = _figure(figsize=(11, 3.8))
-    axes = fig.subplots(1, 2)
-    for ax, what in zip(axes, ("loss", "acc")):
-        seen = []
-        for split, style in (("train", "-o"), ("val", "-s")):
-            y = _column(metrics, f"{split}_{what}")
-            if what == "acc":
-                y = y * 100
+    objective = label_smoothing > 0 or l1 > 0
+    train_ce = _column(metrics, "train_ce")
+    if not np.isfinite(train_ce).any() and not objective:
+        train_ce = _column(metrics, "train_loss")  # without smoothing or L1 the objective is the plain CE
+    panels = 3 if objective else 2
+    fig = _figure(figsize=(4.6 * panels, 3.9))
+    axes = list(fig.subplots(1, panels))
+
+    ax = axes.pop(0)
+    drawn = []
+    for y, style, label in ((train_ce, "-o", "train (augmented batches, train mode)"),
+                            (_column(metrics, "val_loss"), "-s", "validation")):
+        if np.isfinite(y).any():
+            ax.plot(epochs, y, style, ms=3, label=label)
+            drawn.append(y)
+    if test_loss is not None and math.isfinite(test_loss) and len(epochs):
+        ax.plot([epochs[-1]], [test_loss], "D", color="tab:red", ms=6, label="test (final weights)")
+        drawn.append(np.array([test_loss]))
+    _loss_axis(ax, drawn, "Cross-entropy, no label smoothing")
+    ax.legend(fontsize=8)
+
+    if objective:
+        ax = axes.pop(0)
+        what = " + ".join(([f"label smoothing {label_smoothing:g}"] if label_smoothing else [])
+                          + ([f"L1 {l1:g}"] if l1 else []))
+        drawn = []
+        val_smoothed = _column(metrics, "val_loss_smoothed")
+        for y, style, label in ((_column(metrics, "train_loss"), "-o", "train (the loss optimised)"),
+                                (val_smoothed, "-s", "validation, same smoothing" + (" (no L1 term)" if l1 else ""))):
             if np.isfinite(y).any():
-                ax.plot(epochs, y, style, ms=3, label=split)
-                seen.append(y[np.isfinite(y)])
-        values = np.concatenate(seen) if seen else np.array([])
-        log = what == "loss" and values.size and values.min() > 0 and values.max() / values.min() > 30
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("accuracy (%)" if what == "acc" else "loss")
-        ax.set_title("Accuracy" if what == "acc" else ("Loss (log scale)" if log else "Loss"))
-        ax.grid(alpha=0.3, which="both" if log else "major")
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+                ax.plot(epochs, y, style, ms=3, label=label)
+                drawn.append(y)
+        _loss_axis(ax, drawn, f"Training objective: CE with {what}")
+        ax.legend(fontsize=8)
 
-
-def plot_lr_schedule(metrics: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Learning rate at the end of each epoch."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig = _figure(figsize=(5.5, 3.2))
-    ax = fig.subplots()
-    ax.plot(_column(metrics, "epoch"), _column(metrics, "lr"), "-o", ms=3)
+    ax = axes.pop(0)
+    for split, style, label in (("train", "-o", "train (augmented batches)"), ("val", "-s", "validation")):
+        y = _column(metrics, f"{split}_acc") * 100
+        if np.isfinite(y).any():
+            ax.plot(epochs, y, style, ms=3, label=label)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("learning rate")
-    ax.set_title("Learning rate (last step of each epoch)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy", fontsize=11)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
 
+@_plain_text
+def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Sequence[dict[str, Any]] = ()) -> Path:
+    """Learning rate (left) and training loss (right) at every optimiser step, against the epoch.
+
+    `steps` are steps.jsonl rows; a run without them (older runs) gets the per-epoch rate from
+    `metrics`, titled as such.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    if steps:
+        epoch = np.array([float(r["epoch"]) for r in steps])
+        step = np.array([float(r["step"]) for r in steps])
+        per_epoch = max(1, int(np.sum(epoch == epoch[-1])))
+        # x in epochs: step s of epoch e sits at e - 1 + (position in the epoch) / steps per epoch
+        x = step / per_epoch
+        lr, loss = _column(steps, "lr"), _column(steps, "loss")
+        fig = _figure(figsize=(11, 3.5))
+        ax, ax_loss = fig.subplots(1, 2)
+        ax.plot(x, lr, "-", lw=1.5)
+        peak = int(np.nanargmax(lr))
+        ax.plot([x[peak]], [lr[peak]], "o", color="tab:red", ms=5,
+                label=f"peak {lr[peak]:.4g} at step {int(step[peak])}")
+        ax.legend(fontsize=8)
+        ax.set_title(f"Learning rate at each of {len(steps):,} optimiser steps", fontsize=11)
+        ax_loss.plot(x, loss, "-", lw=0.8, alpha=0.45, label="each step")
+        if len(loss) >= 5:
+            k = max(2, min(25, len(loss) // 10))
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            ax_loss.plot(x[k - 1:], smooth, "-", lw=1.8, color="tab:blue", label=f"mean of {k} steps")
+        finite = loss[np.isfinite(loss)]
+        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 30:
+            ax_loss.set_yscale("log")
+            _plain_log_ticks(ax_loss, "y")
+        ax_loss.set_title("Training loss per step (the loss optimised)", fontsize=11)
+        ax_loss.set_ylabel("loss")
+        ax_loss.legend(fontsize=8)
+        axes = (ax, ax_loss)
+    else:
+        fig = _figure(figsize=(5.5, 3.3))
+        ax = fig.subplots()
+        ax.plot(_column(metrics, "epoch"), _column(metrics, "lr"), "-o", ms=3)
+        ax.set_title("Learning rate at the last step of each epoch\n(this run has no per-step record)", fontsize=10)
+        axes = (ax,)
+    ax.set_ylabel("learning rate")
+    for a in axes:
+        a.set_xlabel("epoch")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@_plain_text
 def plot_lr_find(lr_find: dict[str, Any], path: Path) -> Path:
     """LR range test: loss against learning rate (log scale), suggested and chosen max LR marked.
 
@@ -105,6 +217,7 @@ def plot_lr_find(lr_find: dict[str, Any], path: Path) -> Path:
     if finite.size:
         ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), min(finite.max(), 3 * finite[0]) * 1.05)
     ax.set_xscale("log")
+    _plain_log_ticks(ax, "x")
     for key, colour, style in (("suggested_max_lr", "tab:orange", "--"), ("chosen_max_lr", "tab:red", ":")):
         value = lr_find.get(key)
         if value:
@@ -119,6 +232,7 @@ def plot_lr_find(lr_find: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def image_grid(images: Sequence[np.ndarray], path: Path, ncols: int, titles: Sequence[str] | None = None,
                title_colours: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
                scale: int = 4) -> Path:
@@ -138,6 +252,7 @@ def image_grid(images: Sequence[np.ndarray], path: Path, ncols: int, titles: Seq
     return _mosaic(cells, path, captions=caps, caption_colours=colours, row_labels=row_labels, scale=scale)
 
 
+@_plain_text
 def class_samples(images_by_class: Sequence[Sequence[np.ndarray]], classes: Sequence[str], path: Path,
                   scale: int = 3) -> Path:
     """One row per class (labelled), its sample images left to right; short rows stay short."""
@@ -148,7 +263,7 @@ def class_samples(images_by_class: Sequence[Sequence[np.ndarray]], classes: Sequ
 
 def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], path: Path, *, captions=None, caption_colours=None,
             column_titles: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
-            scale: int = 4, gap: int = 8) -> Path:
+            notes: Sequence[Sequence[str]] | None = None, scale: int = 4, gap: int = 8) -> Path:
     """Draw a table of small images as ONE upscaled bitmap with text around it.
 
     One Axes per image costs ~0.1 s each in matplotlib; a 100-image grid as a single imshow
@@ -166,8 +281,16 @@ def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], path: Path, *, caption
     label_w = (max((max(len(s) for s in str(t).split("\n")) for t in row_labels), default=0) * 8 + 14
                if row_labels else 0)
     row_h = cap_h + ch + gap
-    col_w = cw + gap
+    # A column is as wide as its widest caption or title line (~0.62 em per character), so long
+    # captions ("pred: automobile 100%") never run into their neighbours.
+    texts = [t for row in (captions or []) for t in row if t] + [t for t in (column_titles or []) if t]
+    widest = max((len(line) for t in texts for line in str(t).split("\n")), default=0)
+    col_w = max(cw + gap, int(widest * _FONT_PX * 0.62) + gap)
     H, W = head_h + nrows * row_h, label_w + ncols * col_w
+
+    def centre(c: int) -> float:  # x of the middle of column c
+        return label_w + c * col_w + (col_w - gap) / 2
+
     canvas = np.ones((H, W, 3), dtype=np.float32)
     for r, row in enumerate(cells):
         for c, img in enumerate(row):
@@ -175,7 +298,7 @@ def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], path: Path, *, caption
                 continue
             a = np.asarray(img)
             a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else np.clip(a.astype(np.float32), 0, 1)
-            y, x = head_h + r * row_h + cap_h, label_w + c * col_w
+            y, x = head_h + r * row_h + cap_h, int(centre(c) - cw / 2)
             canvas[y:y + ch, x:x + cw] = a.repeat(scale, 0).repeat(scale, 1)
     fig = _figure(figsize=(W / _DPI, H / _DPI), dpi=_DPI)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -183,7 +306,7 @@ def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], path: Path, *, caption
     ax.set_axis_off()
     text = dict(fontsize=_FONT_PX * 72 / _DPI, ha="center", va="bottom", linespacing=1.15)
     for c, t in enumerate(column_titles or []):
-        ax.text(label_w + c * col_w + cw / 2, head_h - 3, t, fontweight="bold", **text)
+        ax.text(centre(c), head_h - 3, t, fontweight="bold", **text)
     for r in range(nrows):
         y0 = head_h + r * row_h
         if row_labels and r < len(row_labels):
@@ -193,11 +316,17 @@ def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], path: Path, *, caption
             t = captions[r][c] if captions and c < len(captions[r]) else ""
             if t:
                 colour = caption_colours[r][c] if caption_colours else "black"
-                ax.text(label_w + c * col_w + cw / 2, y0 + cap_h - 2, t, color=colour, **text)
+                ax.text(centre(c), y0 + cap_h - 2, t, color=colour, **text)
+            note = notes[r][c] if notes and r < len(notes) and c < len(notes[r]) else ""
+            if note:  # written over the image itself, on a white box
+                ax.text(centre(c), y0 + cap_h + ch / 2, note, fontsize=text["fontsize"],
+                        ha="center", va="center", linespacing=1.15,
+                        bbox=dict(boxstyle="round,pad=0.25", facecolor="white", alpha=0.85, lw=0))
     fig.savefig(path, dpi=_DPI, facecolor="white")
     return Path(path)
 
 
+@_plain_text
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Confusion matrix as counts (left) and row-normalised (right); rows are true classes."""
     cm = np.asarray(cm)
@@ -224,40 +353,271 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def cam_grid(rows: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str], row_labels: Sequence[str],
-             path: Path) -> Path:
-    """GradCAM table: one row per image, one column per map (the first column is usually the image)."""
-    return _mosaic(rows, path, column_titles=column_titles, row_labels=row_labels)
+             path: Path, notes: Sequence[Sequence[str]] | None = None) -> Path:
+    """GradCAM table: one row per image, one column per map (the first column is usually the image).
 
-
-def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path) -> Path:
-    """One scatter per hyperparameter: its value against the trial's validation accuracy.
-
-    Numeric values on a log axis when they span more than a decade; others as categories.
+    `notes`: text written over a cell (e.g. "all zero" for a map with no positive evidence,
+    which the colour map alone shows as flat blue).
     """
+    return _mosaic(rows, path, column_titles=column_titles, row_labels=row_labels, notes=notes)
+
+
+def axis_scale(spec: Any, values: np.ndarray) -> str:
+    """How a hyperparameter's axis is drawn, from its search-space spec (tuning/space.py):
+    "log" for loguniform, "symlog" for off_or_loguniform (0 = off beside a log range),
+    "category" for choice and non-numbers, else "linear" (uniform, randint, a space we do not know)."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if not np.isfinite(values).all() or kind == "choice":
+        return "category"
+    if kind == "loguniform":
+        return "log" if (values > 0).all() else "symlog"
+    if kind == "off_or_loguniform":
+        return "symlog"
+    return "linear"
+
+
+def _number_ticks(ax, axis: str, scale: str, spec: Any) -> None:
+    """Few, short tick labels: 1-2-5 decades on log axes, <= 5 ticks on linear ones, no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, SymmetricalLogLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    fmt = FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.3g}")
+    if scale == "log":
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+    elif scale == "symlog":
+        target.set_major_locator(SymmetricalLogLocator(base=10, linthresh=float(spec["lower"]), subs=(1.0,)))
+    else:
+        target.set_major_locator(MaxNLocator(nbins=5))
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(NullFormatter())
+
+
+def _set_scale(ax, axis: str, scale: str, spec: Any) -> None:
+    """The axis scale, few plain tick labels, and the limits of the searched range when known
+    (so where the trials fell within the range shows, not only among themselves)."""
+    setter = ax.set_xscale if axis == "x" else ax.set_yscale
+    if scale == "symlog":
+        setter("symlog", linthresh=float(spec["lower"]), linscale=0.5)
+    elif scale == "log":
+        setter("log")
+    _number_ticks(ax, axis, scale, spec)
+    if isinstance(spec, dict) and isinstance(spec.get("lower"), (int, float)) and isinstance(spec.get("upper"), (int, float)):
+        lo, hi = float(spec["lower"]), float(spec["upper"])
+        if scale == "log":
+            limits = (lo / 1.2, hi * 1.2)
+        elif scale == "symlog":
+            limits = (-0.3 * lo, hi * 1.2)
+        else:
+            pad = 0.04 * (hi - lo)
+            limits = (lo - pad, hi + pad)
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(*limits)
+
+
+def _categories(raw: Sequence[Any], spec: Any) -> list[str]:
+    """The categories of a choice axis: the space's values in its order, then any other value seen."""
+    listed = [str(v) for v in spec.get("values", [])] if isinstance(spec, dict) else []
+    return list(dict.fromkeys(listed + sorted({str(v) for v in raw})))
+
+
+@_plain_text
+def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path,
+                 space: dict[str, Any] | None = None) -> Path:
+    """One scatter per hyperparameter: its value against the trial's best validation accuracy.
+
+    The x axis follows the search space: log for log-uniform draws, linear for uniform ones,
+    symlog (0 beside a log range) for "off or log-uniform", categories for choices and text.
+    """
+    space = space or {}
     ncols = min(3, max(1, len(params)))
     nrows = -(-len(params) // ncols)
-    fig = _figure(figsize=(4.2 * ncols, 3.2 * nrows))
+    fig = _figure(figsize=(4.6 * ncols, 3.3 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     y = np.array([_float(r.get(metric)) for r in rows]) * 100
     for ax, p in zip(axes.flat, params):
         raw = [r.get(p) for r in rows]
         xs = np.array([_float(v) for v in raw])
-        if np.isfinite(xs).sum() == len(xs) and len(xs):
-            ax.scatter(xs, y, s=25, alpha=0.8)
-            pos = xs[xs > 0]
-            if len(pos) == len(xs) and pos.max() / pos.min() > 10:
-                ax.set_xscale("log")
-        else:
-            cats = sorted({str(v) for v in raw})
+        scale = axis_scale(space.get(p), xs) if len(xs) else "linear"
+        if scale == "category":
+            cats = _categories(raw, space.get(p))
             ax.scatter([cats.index(str(v)) for v in raw], y, s=25, alpha=0.8)
-            ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
-        ax.set_xlabel(p)
-        ax.set_ylabel("val accuracy (%)")
+            ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(cats) - 0.5)
+        else:
+            ax.scatter(xs, y, s=25, alpha=0.8)
+            _set_scale(ax, "x", scale, space.get(p))
+            ax.tick_params(axis="x", labelsize=8)
+        kind = space[p].get("type") if isinstance(space.get(p), dict) else None
+        ax.set_xlabel(f"{p} ({kind})" if kind else p)
+        ax.set_ylabel("best val accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+_STATUS_COLOURS = {"TERMINATED": "tab:blue", "STOPPED": "tab:orange", "ERROR": "tab:red"}
+
+
+@_plain_text
+def plot_search_curves(trials: Sequence[dict[str, Any]], path: Path, best: str | None = None) -> Path:
+    """Validation accuracy against epoch for every trial on one plot; ASHA's early stops end early.
+
+    `trials`: dicts with trial_id, status, epochs (list) and val_acc (list, fractions).
+    The best trial is drawn black and thick; the colour of the others is their status.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(9, 4.2))
+    ax = fig.subplots()
+    for t in trials:
+        x, y = np.asarray(t["epochs"], float), np.asarray(t["val_acc"], float) * 100
+        if not len(x):
+            continue
+        is_best = t["trial_id"] == best
+        colour = "black" if is_best else _STATUS_COLOURS.get(t["status"], "tab:gray")
+        ax.plot(x, y, "-o", ms=3, lw=2.4 if is_best else 1.2, color=colour, alpha=1.0 if is_best else 0.7,
+                zorder=3 if is_best else 2)
+        if t["status"] == "STOPPED":  # where ASHA stopped it
+            ax.plot([x[-1]], [y[-1]], "x", color=colour, ms=8, mew=2)
+    handles = [Line2D([], [], color="black", lw=2.4, label=f"best trial {best}")] if best else []
+    present = {t["status"] for t in trials if len(t["epochs"]) and t["trial_id"] != best}
+    handles += [Line2D([], [], color=c, lw=1.2, label={"TERMINATED": "ran every epoch",
+                                                      "STOPPED": "stopped by ASHA (x)",
+                                                      "ERROR": "failed"}[s])
+                for s, c in _STATUS_COLOURS.items() if s in present]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Validation accuracy of all {len(trials)} trials", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _unit_position(values: np.ndarray, spec: Any, scale: str) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Values mapped onto [0, 1] the way the search space draws them, and (position, label) ticks."""
+    finite = values[np.isfinite(values)]
+    if isinstance(spec, dict) and "lower" in spec and "upper" in spec:
+        lo, hi = float(spec["lower"]), float(spec["upper"])
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if scale in ("log", "symlog") and lo > 0:
+        off = scale == "symlog"
+        # symlog: 0 ("off") at the bottom, the log range above it from 0.15 to 1
+        base = 0.15 if off else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = base + (1 - base) * (np.log(np.maximum(values, 1e-300)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        if off:
+            pos = np.where(values == 0, 0.0, pos)
+        ticks = [(base, f"{lo:.3g}"), (base + (1 - base) / 2, f"{math.sqrt(lo * hi):.3g}"), (1.0, f"{hi:.3g}")]
+        return pos, ([(0.0, "off (0)")] if off else []) + ticks
+    span = hi - lo if hi > lo else 1.0
+    pos = (values - lo) / span
+    return pos, [(0.0, f"{lo:.3g}"), (0.5, f"{(lo + hi) / 2:.3g}"), (1.0, f"{hi:.3g}")]
+
+
+@_plain_text
+def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path,
+                  space: dict[str, Any] | None = None, best: str | None = None) -> Path:
+    """Parallel coordinates: one vertical axis per sampled hyperparameter (scaled as the search space
+    draws it), one line per trial coloured by its best validation accuracy; trials without a
+    validation result grey and dashed, the best trial thick."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    space = space or {}
+    n = len(params)
+    fig = _figure(figsize=(max(8.0, 1.45 * n + 2.5), 4.8))
+    ax = fig.add_axes((0.05, 0.2, 0.82, 0.68))
+    cax = fig.add_axes((0.9, 0.2, 0.018, 0.68))
+    columns, labels = [], []
+    for p in params:
+        raw = [r.get(p) for r in rows]
+        xs = np.array([_float(v) for v in raw])
+        scale = axis_scale(space.get(p), xs) if len(xs) else "linear"
+        if scale == "category":
+            cats = _categories(raw, space.get(p))
+            pos = np.array([cats.index(str(v)) / max(1, len(cats) - 1) for v in raw]) if cats else xs
+            ticks = [(i / max(1, len(cats) - 1), c) for i, c in enumerate(cats)]
+        else:
+            pos, ticks = _unit_position(xs, space.get(p), scale)
+        columns.append(pos)
+        labels.append(ticks)
+    acc = np.array([_float(r.get(metric)) for r in rows]) * 100
+    ok = acc[np.isfinite(acc)]
+    norm = Normalize(vmin=float(ok.min()) if ok.size else 0.0, vmax=float(ok.max()) if ok.size and ok.max() > ok.min()
+                     else (float(ok.min()) + 1 if ok.size else 1.0))
+    cmap = colormaps["viridis"]
+    xs_axis = np.arange(n)
+    order = np.argsort(np.where(np.isfinite(acc), acc, -np.inf))  # best drawn last, on top
+    for i in order:
+        ys = np.array([c[i] for c in columns], dtype=float)
+        trial = rows[i].get("trial_id")
+        if not np.isfinite(acc[i]):
+            ax.plot(xs_axis, ys, "--", color="0.6", lw=1, alpha=0.8)
+        else:
+            ax.plot(xs_axis, ys, "-", color=cmap(norm(acc[i])), lw=3 if trial == best else 1.4,
+                    alpha=1.0 if trial == best else 0.85, marker="o", ms=3)
+    for j, ticks in enumerate(labels):
+        ax.axvline(j, color="0.3", lw=0.8)
+        for y, text in ticks:
+            ax.text(j + 0.04, y, text, fontsize=7.5, va="center", ha="left", color="0.25",
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", alpha=0.7, lw=0))
+    ax.set_xticks(xs_axis, [f"{p}\n({space[p]['type']})" if isinstance(space.get(p), dict) else p for p in params],
+                  fontsize=8.5)
+    ax.set_xlim(-0.2, n - 0.5)
+    ax.set_ylim(-0.06, 1.06)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title("Sampled hyperparameters of every trial (dashed grey: no validation result)", fontsize=11)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="best val accuracy (%)")
+    return _save(fig, path)
+
+
+@_plain_text
+def plot_reliability(variants: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Reliability diagrams side by side, one per variant (e.g. plain and mirror-averaged logits).
+
+    Each variant is `calibration_stats`' dict plus a "label": per bin the accuracy (bar) against
+    the mean confidence (the diagonal is perfect calibration; red is the gap), and below it the
+    share of test images in each bin.
+    """
+    n = len(variants)
+    fig = _figure(figsize=(5.2 * n, 5.4))
+    grid = fig.add_gridspec(2, n, height_ratios=(3, 1), hspace=0.08)
+    for j, v in enumerate(variants):
+        ax = fig.add_subplot(grid[0, j])
+        hist = fig.add_subplot(grid[1, j], sharex=ax)
+        lower, upper = np.asarray(v["bin_lower"]), np.asarray(v["bin_upper"])
+        count, acc, conf = np.asarray(v["count"]), np.asarray(v["acc"], float), np.asarray(v["conf"], float)
+        width = upper - lower
+        has = count > 0
+        ax.bar(lower[has], acc[has], width=width[has], align="edge", color="tab:blue", edgecolor="white",
+               label="accuracy in bin")
+        gap_lo, gap_hi = np.minimum(acc, conf), np.maximum(acc, conf)
+        ax.bar(lower[has], (gap_hi - gap_lo)[has], bottom=gap_lo[has], width=width[has], align="edge",
+               color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{v['label']}: ECE {100 * v['ece']:.2f}%", fontsize=11)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.tick_params(labelbottom=False)
+        ax.grid(alpha=0.3)
+        total = max(1, int(count.sum()))
+        hist.bar(lower, count / total * 100, width=width, align="edge", color="0.55", edgecolor="white")
+        hist.set_xlabel("confidence (probability of the predicted class)")
+        hist.set_ylabel("% of images")
+        hist.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.1, wspace=0.25)
     return _save(fig, path)
 
 

@@ -2,12 +2,14 @@
 
 Reads only the run directory contract (`distributed/rundir.py`), the test images of the data
 set the run used, and the saved weights; GradCAM runs on the few images shown, so a report
-builds in seconds on a CPU.  The page is self-contained: inline CSS, PNGs next to it, no
+builds in seconds on a CPU.  The page is self-contained: inline CSS, PNGs beside it, no
 scripts and no network requests, so it opens from file://.
+
+Every report keeps its own folder, `reports/<run-or-search-name>/`; `reports/index.html` is the
+report just built again, with the list of every report in the folder (reporting/index.py).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import json
@@ -20,9 +22,12 @@ import numpy as np
 
 from distributed import rundir
 from distributed.config import ConfigError, TrainConfig
+from reporting import index as reports_index
+from reporting.search import SearchError, config_comparison, format_number, search_context
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "index.html.j2"
+ZERO_MAP = "all zero"     # written over a GradCAM map that has no positive value anywhere
 
 
 class ReportError(Exception):
@@ -41,6 +46,7 @@ class Run:
     lr_find: dict[str, Any] | None
     predictions: dict[str, np.ndarray]
     weights: Path
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # steps.jsonl (newer runs)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -90,7 +96,8 @@ def load_run(path: Path) -> Run:
     if not weights.is_file() or weights.parent != path:
         raise ReportError(f"{path / rundir.SUMMARY} names the weights {summary.get('weights')!r}, "
                           f"which are not in {path}")
-    return Run(path, meta, config, summary, rundir.read_metrics(path), lr_find, predictions, weights)
+    return Run(path, meta, config, summary, rundir.read_metrics(path), lr_find, predictions, weights,
+               rundir.read_steps(path))
 
 
 def load_model(run: Run, num_classes: int, device: str):
@@ -131,19 +138,6 @@ def _load_test_set(run: Run, data_dir: str | Path | None):
     return data
 
 
-def read_results_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a search's results.csv (empty when absent)."""
-    if not Path(path).exists():
-        return [], []
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = [dict(r) for r in reader]
-            return list(reader.fieldnames or []), rows
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise ReportError(f"{path} is not a readable CSV file ({e})") from None
-
-
 # ----------------------------------------------------------------------------- numbers
 def classification_stats(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
     """Predictions, confidences, confusion matrix and per-class precision/recall/F1."""
@@ -157,16 +151,93 @@ def classification_stats(logits: np.ndarray, labels: np.ndarray, num_classes: in
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     precision = np.divide(tp, predicted, out=np.full(num_classes, np.nan), where=predicted > 0)
     recall = np.divide(tp, support, out=np.full(num_classes, np.nan), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.full(num_classes, np.nan),
-                   where=(precision + recall) > 0)
+    # F1 = 2TP / (2TP + FP + FN): defined (0) for a class never predicted, unlike precision;
+    # undefined only for a class that is neither present nor predicted.
+    errors = (predicted - tp) + (support - tp)
+    f1 = np.divide(2 * tp, 2 * tp + errors, out=np.full(num_classes, np.nan), where=(2 * tp + errors) > 0)
     return {"probs": probs, "pred": pred, "conf": probs[np.arange(len(pred)), pred], "cm": cm,
             "support": support, "correct": tp.astype(int), "precision": precision, "recall": recall, "f1": f1,
             "accuracy": float(tp.sum() / max(1, len(labels)))}
 
 
+def calibration_stats(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error (Guo et al. 2017) and the reliability diagram's bins.
+
+    Confidence is the probability of the predicted class; bin m holds the confidences in
+    (m/n_bins, (m+1)/n_bins] (the first also takes 0). ECE = sum over bins of
+    (images in bin / all images) * |accuracy in bin - mean confidence in bin|.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (pred == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.digitize(conf, edges[1:-1], right=True)   # edges[m] < conf <= edges[m + 1]
+    count = np.bincount(which, minlength=n_bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=n_bins)
+    acc = np.divide(acc_sum, count, out=np.zeros(n_bins), where=count > 0)
+    mean_conf = np.divide(conf_sum, count, out=np.zeros(n_bins), where=count > 0)
+    n = max(1, len(conf))
+    return {"ece": float(np.sum(count / n * np.abs(acc - mean_conf))), "accuracy": float(correct.mean()) if len(conf) else 0.0,
+            "mean_conf": float(conf.mean()) if len(conf) else 0.0, "bin_lower": edges[:-1], "bin_upper": edges[1:],
+            "count": count, "acc": acc, "conf": mean_conf}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def health_warnings(metrics: list[dict[str, Any]], summary: dict[str, Any], pred: np.ndarray,
+                    classes: tuple[str, ...]) -> list[str]:
+    """Plain sentences for the top of the page when the run did not learn: accuracy at chance,
+    a diverging or non-finite loss, one class predicted for most images. Empty for a healthy run."""
+    k = len(classes)
+    out: list[str] = []
+    test_acc, test_loss = summary.get("test_acc"), summary.get("test_loss")
+    uniform = math.log(k)  # the loss of a model that guesses every class equally
+    if isinstance(test_acc, (int, float)) and test_acc <= 1.5 / k:
+        out.append(f"Test accuracy {100 * test_acc:.1f}% is at chance level ({100 / k:.0f}% for {k} classes): this "
+                   f"model has not learnt to classify. The mistakes, confusion matrix and GradCAM below show what a "
+                   f"model that guesses does, not what the recipe learns.")
+    losses = [(r.get("epoch"), r.get(key)) for r in metrics for key in ("train_loss", "val_loss")]
+    bad = [e for e, v in losses if isinstance(v, (int, float)) and not math.isfinite(v)]
+    if bad:
+        out.append(f"The loss became non-finite in epoch {bad[0]}: training diverged. Lower --max-lr.")
+    vals = [(r["epoch"], r["val_loss"]) for r in metrics
+            if isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
+    if len(vals) >= 2:
+        best_epoch, best = min(vals, key=lambda t: t[1])
+        last_epoch, last = vals[-1]
+        if last > 3 * best and last > uniform:
+            out.append(f"Validation loss exploded: {best:.3g} at epoch {best_epoch}, {last:.3g} at epoch {last_epoch} "
+                       f"(a model that guesses scores {uniform:.2f}). Lower --max-lr, or run --find-lr.")
+    if isinstance(test_loss, (int, float)) and (not math.isfinite(test_loss) or test_loss > 3 * uniform):
+        out.append(f"Test loss {test_loss:.3g} is more than 3x that of guessing ({uniform:.2f}): the model is "
+                   f"confidently wrong on much of the test set.")
+    if k >= 3 and len(pred):
+        share = np.bincount(pred, minlength=k) / len(pred)
+        top = int(share.argmax())
+        if share[top] >= 0.5:
+            out.append(f"The model predicts \u201c{classes[top]}\u201d for {100 * share[top]:.0f}% of the test images.")
+    return out
+
+
 # ----------------------------------------------------------------------------- formatting
 def _pct(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}%"
+    """A fraction as a percentage with 2 decimals; "–" where it is undefined (None, NaN, not a number)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+        return "–"
+    return f"{100 * float(v):.2f}%"
+
+
+def _loss(v: Any) -> str:
+    """A loss: 4 decimals in the usual range, 4 significant digits when it has exploded."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "–"
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
 
 
 def _duration(seconds: Any) -> str:
@@ -177,24 +248,17 @@ def _duration(seconds: Any) -> str:
 
 
 def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """The config as (field, value) rows; floats to 4 significant digits (config.json has them all)."""
+    def show(v: Any) -> str:
+        return format_number(v) if isinstance(v, float) else str(v)
+
     rows = []
     for k, v in cfg.to_dict().items():
         if isinstance(v, dict):
-            rows += [(f"{k}.{k2}", str(v2)) for k2, v2 in v.items()]
+            rows += [(f"{k}.{k2}", show(v2)) for k2, v2 in v.items()]
         else:
-            rows.append((k, str(v)))
+            rows.append((k, show(v)))
     return rows
-
-
-def _cell(v: Any) -> str:
-    """A CSV cell for display: numbers rounded, everything else as text (escaped by the template)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "" if v is None else str(v)
-    if isinstance(v, str) and not v.strip():
-        return ""
-    return str(v) if f.is_integer() and "e" not in str(v).lower() else f"{f:.4g}"
 
 
 def _display(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -243,11 +307,13 @@ class _Page:
 
 def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_dir: str | Path | None = None,
                  device: str | None = None, n_examples: int = 25, n_cam: int = 6, seed: int = 0) -> Path:
-    """Write `out_dir/index.html` and its PNGs for a run or search directory; return the HTML path.
+    """Write the report of a run or search directory into `out_dir/<its name>/`, then
+    `out_dir/index.html`: the same report, with every report under `out_dir` listed. Returns that page.
 
     `data_dir` overrides the data folder named in the run's config; `device` defaults to CUDA
     when available.  `n_examples` images per example grid, GradCAM on the first `n_cam` of
-    them.  Raises ReportError for unusable input, before anything is written.
+    them.  Raises ReportError for unusable input, before anything is written; a report that
+    fails half-way leaves the previous report of the same name in place.
     """
     import torch
 
@@ -256,7 +322,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
         raise ReportError(f"run directory {run_dir} does not exist")
     if (run_dir / rundir.SEARCH_JSON).exists() and not (run_dir / rundir.BEST_TRIAL).is_dir():
         raise ReportError(f"search {run_dir} has no best/ yet: it is still running, or no trial finished")
-    search = _search_context(run_dir) if is_search_dir(run_dir) else None
+    try:
+        search = search_context(run_dir) if is_search_dir(run_dir) else None
+    except SearchError as e:
+        raise ReportError(str(e)) from None
     run = load_run(run_dir / rundir.BEST_TRIAL if search else run_dir)
     data = _load_test_set(run, data_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -265,71 +334,139 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
     model = load_model(run, len(data.classes), device)
 
     out = Path(out_dir)
+    name = run_dir.resolve().name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot create the output folder {out}: {e.strerror}") from None
-    stats = classification_stats(run.predictions["logits"], run.predictions["labels"].astype(np.int64),
-                                 len(data.classes))
+    # Built in a temp folder renamed into place: a failure keeps the previous report of this name.
+    with rundir.atomic_path(out / name) as folder:
+        folder.mkdir()
+        context = _report_context(run, search, data, model, folder, n_examples, n_cam, seed)
+        created = search["started"] if search else run.meta.get("created")
+        title = context["title"]
+        rundir.write_json(folder / reports_index.ENTRY, reports_index.entry(
+            "search" if search else "run", title, created, run.summary, context["warnings"]))
+        # The report's own page links up to the list, which is kept current on the index page only.
+        (folder / reports_index.PAGE).write_text(_render({**context, "base": "", "home": "../"}), encoding="utf-8")
+    # Listed after the rename, so the list includes this report.
+    listed = reports_index.list_reports(out, current=name)
+    page = out / reports_index.PAGE
+    with rundir.atomic_path(page) as tmp:
+        tmp.write_text(_render({**context, "base": reports_index.folder_href(name) + "/", "home": "",
+                                "reports": listed, "on_index": True}), encoding="utf-8")
+    return page
+
+
+def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: Path, n_examples: int, n_cam: int,
+                    seed: int) -> dict[str, Any]:
+    """Write every figure of the report into `out` and return the template's context."""
+    classes = tuple(data.classes)
+    labels = run.predictions["labels"].astype(np.int64)
+    stats = classification_stats(run.predictions["logits"], labels, len(classes))
     page = _Page(run, data, stats, out, np.asarray(run.summary["mean"], dtype=np.float32),
                  np.asarray(run.summary["std"], dtype=np.float32))
     _curve_figures(page)
+    calibration = _calibration_figure(page)
     _data_figures(page)
     wrong, right = _example_figures(page, n_examples, seed)
-    cam_all_image = _gradcam_figures(page, model, wrong[:n_cam], right[:n_cam], right, wrong)
-    if search and search["params"] and search["metric"]:
-        from reporting import figures
+    cam_all_image, zero_maps = _gradcam_figures(page, model, wrong[:n_cam], right[:n_cam], right, wrong)
+    if search:
+        from reporting.search import search_figures
 
-        figures.plot_hparams(search["rows"], search["params"], search["metric"], page.fig(
-            "hparams", "hparams.png",
-            f"Validation accuracy of each trial against each searched hyperparameter "
-            f"({', '.join(search['params'])})"))
+        search_figures(search, page.fig)
 
-    summary_rows = _summary_rows(run, stats)
+    summary_rows = _summary_rows(run, stats, search)
     meta = run.meta
     provenance = [(k, str(meta[k])) for k in ("created", "hostname", "git_commit") if meta.get(k) is not None]
     provenance += [(f"version: {k}", str(v)) for k, v in (meta.get("versions") or {}).items()]
-    classes = page.classes
-    context = {
-        "title": f"CIFAR-10 report: {run.config.name}" + (f" (search {search['name']})" if search else ""),
+    if search:
+        title = f"CIFAR-10 search report: {search['name']} (best trial {search['best']})"
+    else:
+        title = f"CIFAR-10 report: {run.config.name}"
+    return {
+        "title": title,
         "run_path": str(run.path),
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "warnings": health_warnings(run.metrics, run.summary, stats["pred"], classes),
         "summary": summary_rows,
         # The four numbers a reader looks for first, without the parenthesised details.
         "headline": [(k, v.split(" (")[0]) for k, v in summary_rows
                      if k in ("Test accuracy", "Best validation accuracy", "Epochs", "Wall time (training)")],
         "provenance": provenance,
         "config": _flat_config(run.config),
+        "label_smoothing": format_number(run.config.label_smoothing),
         "figs": page.figs,
         "lr_find": _lr_find_rows(run.lr_find),
         "per_class": [{"name": classes[c], "support": int(stats["support"][c]), "correct": int(stats["correct"][c]),
                        "precision": _pct(stats["precision"][c]), "recall": _pct(stats["recall"][c]),
                        "f1": _pct(stats["f1"][c])} for c in range(len(classes))],
         "accuracy": _pct(stats["accuracy"]),
-        "n_wrong_total": int((stats["pred"] != page.labels).sum()),
+        "n_wrong_total": int((stats["pred"] != labels).sum()),
+        "calibration": calibration,
         "cam_all_image": cam_all_image,
+        "zero_maps": zero_maps,
         "search": search,
+        "compare": config_comparison(run.config, search["params"]) if search else [],
         "n_examples": n_examples,
+        "reports": [], "on_index": False,
     }
-    path = out / "index.html"
-    path.write_text(_render(context), encoding="utf-8")
-    return path
 
 
 def _curve_figures(page: _Page) -> None:
     from reporting import figures
 
-    metrics, lr_find = page.run.metrics, page.run.lr_find
+    run = page.run
+    metrics, lr_find, cfg = run.metrics, run.lr_find, run.config
     if metrics:
+        test_loss = run.summary.get("test_loss")
+        objective = cfg.label_smoothing > 0 or cfg.l1 > 0
         figures.plot_curves(metrics, page.fig(
-            "curves", "curves.png", "Training and validation loss (left) and accuracy (right) per epoch"))
-        if any(r.get("lr") is not None for r in metrics):
-            figures.plot_lr_schedule(metrics, page.fig("lr", "lr_schedule.png",
-                                                       "Learning rate at the end of each epoch"))
+            "curves", "curves.png",
+            "Per epoch: plain cross-entropy of training batches, validation and the final test "
+            + ("(left), the training objective with its label smoothing beside validation with the same smoothing "
+               "(middle), accuracy (right)" if objective else "(left), accuracy (right)")),
+            label_smoothing=cfg.label_smoothing, l1=cfg.l1,
+            test_loss=float(test_loss) if isinstance(test_loss, (int, float)) else None)
+    if run.steps:
+        figures.plot_lr_schedule(run.steps, page.fig(
+            "lr", "lr_schedule.png", "Learning rate (left) and training loss (right) at every optimiser step "
+                                     "(steps.jsonl), against the epoch"))
+    elif any(r.get("lr") is not None for r in metrics):
+        figures.plot_lr_schedule([], page.fig("lr", "lr_schedule.png",
+                                              "Learning rate at the last step of each epoch (this run predates the "
+                                              "per-step record, steps.jsonl)"), metrics)
     if lr_find and lr_find.get("lrs"):
         figures.plot_lr_find(lr_find, page.fig(
             "lr_find", "lr_find.png",
             "LR range test: training loss against learning rate, suggested and chosen maximum LR marked"))
+
+
+def _calibration_figure(page: _Page) -> list[dict[str, Any]]:
+    """Reliability diagrams and ECE (15 bins) of the test predictions, plain and mirror-averaged
+    when predictions.npz holds both (runs from before hold only the logits the run reported).
+    Returns one row per variant for the table; the one the run reports is marked."""
+    from reporting import figures
+
+    pred, labels, tta = page.run.predictions, page.labels, page.run.config.tta
+    if "logits_plain" in pred and "logits_tta" in pred:
+        sources = [("Plain: one view per image", pred["logits_plain"], not tta),
+                   ("Mirror-averaged (--tta)", pred["logits_tta"], tta)]
+    else:
+        sources = [("Mirror-averaged (--tta)" if tta else "Plain: one view per image", pred["logits"], True)]
+    variants = []
+    for label, logits, reported in sources:
+        stats = calibration_stats(softmax(logits), labels, n_bins=15)
+        variants.append({**stats, "label": label, "reported": reported})
+    if not len(labels):
+        return []
+    figures.plot_reliability(variants, page.fig(
+        "calibration", "calibration.png",
+        "Reliability diagram of the test predictions: accuracy against confidence in 15 bins"
+        + (", plain (left) and mirror-averaged (right)" if len(variants) == 2 else "")
+        + "; below, the share of test images in each bin"))
+    return [{"label": v["label"], "ece": _pct(v["ece"]), "accuracy": _pct(v["accuracy"]),
+             "mean_conf": _pct(v["mean_conf"]), "reported": v["reported"]} for v in variants]
 
 
 def _data_figures(page: _Page, per_class: int = 10, n_images: int = 4, n_draws: int = 7) -> None:
@@ -383,11 +520,12 @@ def _example_figures(page: _Page, n_examples: int, seed: int) -> tuple[np.ndarra
 
 
 def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.ndarray, right: np.ndarray,
-                     wrong: np.ndarray) -> dict[str, Any] | None:
+                     wrong: np.ndarray) -> tuple[dict[str, Any] | None, int]:
     """GradCAM grids of the first shown examples, and of one image for every class.
 
     Targets are the classes stored in predictions.npz, so the maps explain the predictions the
-    page shows.  Returns the description of the all-classes image (None without test images).
+    page shows.  Returns the description of the all-classes image (None without test images)
+    and how many maps shown are all zero (labelled as such on the figures).
     """
     import torch
 
@@ -406,6 +544,15 @@ def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.nd
     def overlays(row: int, res, i: int) -> list[np.ndarray]:
         return [overlay(page.image(row), res.maps[name][i].cpu().numpy()) for name in layers]
 
+    zero = [0]
+
+    def notes(res, i: int) -> list[str]:
+        """"all zero" over a map with no positive evidence for its class anywhere: jet shows it as
+        flat blue, which a reader would otherwise take for a map."""
+        flags = [ZERO_MAP if float(res.maps[name][i].max()) <= 1e-6 else "" for name in layers]
+        zero[0] += sum(bool(f) for f in flags)
+        return flags
+
     def row_label(r: int) -> str:
         return f"true {classes[labels[r]]}\npred {classes[stats['pred'][r]]}\n{100 * stats['conf'][r]:.0f}%"
 
@@ -416,7 +563,8 @@ def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.nd
                              ["image", *layers], [row_label(r) for r in cam_right], page.fig(
                 "cam_right", "gradcam_correct.png",
                 f"GradCAM heatmaps of {len(cam_right)} correctly classified images for the predicted class, "
-                f"one row per image, one column per layer (layer1 to layer4)"))
+                f"one row per image, one column per layer (layer1 to layer4)"),
+                notes=[[""] + notes(res, i) for i in range(len(cam_right))])
         if len(cam_wrong):
             x = normalised(cam_wrong)
             by_pred = cam(x, torch.as_tensor(stats["pred"][cam_wrong]))
@@ -427,38 +575,45 @@ def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.nd
                 [row_label(r) for r in cam_wrong], page.fig(
                     "cam_wrong", "gradcam_misclassified.png",
                     f"GradCAM heatmaps of {len(cam_wrong)} misclassified images: columns 2 to 5 explain the "
-                    f"predicted class, columns 6 to 9 the true class, for layer1 to layer4"))
+                    f"predicted class, columns 6 to 9 the true class, for layer1 to layer4"),
+                notes=[[""] + notes(by_pred, i) + notes(by_true, i) for i in range(len(cam_wrong))])
 
     # The most confidently correct image: its true class's map is a clear reference for the other nine.
     pick = right[np.argmax(stats["conf"][right])] if len(right) else (wrong[0] if len(wrong) else None)
     if pick is None:
-        return None
+        return None, zero[0]
     res = gradcam_all_classes(model, normalised(np.array([pick]))[0], layers)
     img, probs = page.image(pick), stats["probs"][pick]
+    flat = [[ZERO_MAP if float(res.maps[name][c].max()) <= 1e-6 else "" for c in range(len(classes))]
+            for name in layers]
+    zero[0] += sum(bool(f) for row in flat for f in row)
     figures.cam_grid([[img] + [overlay(img, res.maps[name][c].cpu().numpy()) for c in range(len(classes))]
                       for name in layers],
                      ["image"] + [f"{classes[c]}\n{100 * probs[c]:.1f}%" for c in range(len(classes))],
                      list(layers), page.fig(
         "cam_all", "gradcam_all_classes.png",
         f"GradCAM of one test image (true class {classes[labels[pick]]}) for each of the {len(classes)} classes, "
-        f"one row per layer, with the model's probability for each class"))
-    return {"true": classes[labels[pick]], "pred": classes[stats["pred"][pick]],
-            "conf": f"{100 * stats['conf'][pick]:.1f}%", "test_index": int(page.run.predictions["indices"][pick])}
+        f"one row per layer, with the model's probability for each class"), notes=[[""] + row for row in flat])
+    return ({"true": classes[labels[pick]], "pred": classes[stats["pred"][pick]],
+             "conf": f"{100 * stats['conf'][pick]:.1f}%", "test_index": int(page.run.predictions["indices"][pick])},
+            zero[0])
 
 
-def _summary_rows(run: Run, stats: dict[str, Any]) -> list[tuple[str, str]]:
+def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     s = run.summary
     last_val = next((r.get("val_acc") for r in reversed(run.metrics) if r.get("val_acc") is not None), None)
     best_epoch = f" (epoch {s['best_epoch']})" if s.get("best_epoch") is not None else ""
     rate = s.get("images_per_sec")
-    return [
-        ("Test accuracy", _pct(s["test_acc"])),
-        ("Test loss", f"{s['test_loss']:.4f}" if isinstance(s.get("test_loss"), (int, float)) else "–"),
+    trial = " of the best trial" if search else ""
+    rows = [
+        ("Test accuracy", _pct(s["test_acc"]) + (" (with --tta)" if run.config.tta else "")),
+        ("Test loss (cross-entropy, no label smoothing)",
+         _loss(s.get("test_loss"))),
         ("Best validation accuracy", _pct(s.get("best_val_acc")) + best_epoch),
         ("Final validation accuracy", _pct(last_val)),
         ("Epochs", str(s["epochs"])),
         ("Wall time (training)", _duration(s.get("wall_seconds"))),
-        ("Wall time (all: start-up, evaluation, checkpoints)", _duration(s.get("total_seconds"))),
+        (f"Wall time (all{trial}: start-up, evaluation, checkpoints)", _duration(s.get("total_seconds"))),
         ("Training throughput", f"{float(rate):,.0f} images/s" if isinstance(rate, (int, float)) else "–"),
         ("Hardware", str(s["device"])),
         ("World size (processes)", str(s["world_size"])),
@@ -468,6 +623,12 @@ def _summary_rows(run: Run, stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("Test images", f"{len(run.predictions['labels']):,}"),
         ("Normalisation mean / std", f"{_fmt_floats(s['mean'])} / {_fmt_floats(s['std'])}"),
     ]
+    if search:
+        c = search["counts"]
+        rows[7:7] = [("Search wall time (all trials)", _duration(search.get("wall_seconds"))),
+                     ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} ran every epoch, {c['STOPPED']} stopped "
+                                f"early by ASHA, {c['ERROR']} failed")]
+    return rows
 
 
 def _fmt_floats(values: Any) -> str:
@@ -481,36 +642,11 @@ def _lr_find_rows(lr_find: dict[str, Any] | None) -> list[tuple[str, str]]:
             if isinstance(lr_find.get(k), (int, float))]
 
 
-def _search_context(path: Path) -> dict[str, Any]:
-    """The search's settings, its trials table (results.csv), and which columns are hyperparameters."""
-    settings = _read_json(path / rundir.SEARCH_JSON)
-    if not isinstance(settings, dict):
-        raise ReportError(f"{path / rundir.SEARCH_JSON} must hold a JSON object")
-    columns, rows = read_results_csv(path / rundir.RESULTS_CSV)
-    space = settings.get("space") or {}
-    best = str((settings.get("summary") or {}).get("best_trial"))
-    return {"name": path.name, "path": str(path), "columns": columns, "rows": rows,
-            "table": [{"cells": [_cell(r.get(c)) for c in columns], "best": r.get("trial_id") == best}
-                      for r in rows],
-            "metric": "best_val_acc", "params": [c for c in columns if c in space],
-            "settings": _flatten(settings), "best": best}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested settings as dotted keys; lists as JSON."""
-    rows: list[tuple[str, str]] = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            rows += _flatten(v, f"{prefix}{k}.")
-        else:
-            rows.append((f"{prefix}{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
-    return rows
-
-
 def _render(context: dict[str, Any]) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     # autoescape on for every template: run names, class names and config strings are user input.
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = _pct
     return env.get_template(TEMPLATE).render(**context)

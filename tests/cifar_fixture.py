@@ -92,10 +92,11 @@ def write_batch(path: Path, images: np.ndarray, labels: np.ndarray, style: str =
 
 
 def make_fake_cifar(root: Path, n_train: int = 500, n_test: int = 100, seed: int = 0,
-                    style: str = "py2") -> Path:
+                    style: str = "py2", classes: list[str] | None = None) -> Path:
     """Write root/cifar-10-batches-py/ with n_train images over 5 batches and n_test test images.
 
-    n_train and n_test should be multiples of 10 (balanced classes). Returns `root`.
+    n_train and n_test should be multiples of 10 (balanced classes). `classes`: the 10 label
+    names batches.meta holds (default CIFAR-10's). Returns `root`.
     """
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
@@ -106,6 +107,6 @@ def make_fake_cifar(root: Path, n_train: int = 500, n_test: int = 100, seed: int
         write_batch(folder / f"data_batch_{i}", xs, ys, style)
     test_y = rng.permutation(np.arange(n_test) % 10)
     write_batch(folder / "test_batch", fake_images(test_y, rng), test_y, style)
-    meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": n_train // 5, b"num_vis": 3072}
+    meta = {b"label_names": [c.encode() for c in (classes or CLASSES)], b"num_cases_per_batch": n_train // 5, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(py2_pickle(meta) if style == "py2" else pickle.dumps(meta, protocol=2))
     return Path(root)

@@ -14,29 +14,36 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
 
-from cifar_fixture import make_fake_cifar
-from conftest_report_helpers import write_search_dir
+from cifar_fixture import CLASSES, make_fake_cifar
+from conftest_report_helpers import LONG_FLOAT, MATH_TEXT, TRIAL_IDS, write_search_dir
 from distributed import rundir
 from distributed.config import TrainConfig
-from reporting.report import build_report, classification_stats
+from reporting.report import build_report, calibration_stats, classification_stats, health_warnings
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"      # a valid run name: no "/"
 HOSTILE = "<script>alert(1)</script>"
-SECTIONS = ("summary", "curves", "data", "confusion", "examples", "gradcam", "gradcam-classes")
-FIGURES = ("curves.png", "lr_schedule.png", "lr_find.png", "samples.png", "augmentation.png", "confusion.png",
-           "wrong.png", "right.png", "gradcam_correct.png", "gradcam_misclassified.png", "gradcam_all_classes.png")
+# matplotlib reads "$...$" and backslashes as math text; a class name is user input (batches.meta).
+MATH_CLASS = "c$\\frac{$t\\"
+SECTIONS = ("summary", "curves", "calibration", "data", "confusion", "examples", "gradcam", "gradcam-classes")
+FIGURES = ("curves.png", "lr_schedule.png", "lr_find.png", "calibration.png", "samples.png", "augmentation.png",
+           "confusion.png", "wrong.png", "right.png", "gradcam_correct.png", "gradcam_misclassified.png",
+           "gradcam_all_classes.png")
+SEARCH_FIGURES = ("search_curves.png", "search_parallel.png", "hparams.png")
 CHROMIUM = "/usr/bin/chromium"
 
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return make_fake_cifar(tmp_path_factory.mktemp("data"), n_train=50, n_test=30)
+    classes = list(CLASSES)
+    classes[3] = MATH_CLASS
+    return make_fake_cifar(tmp_path_factory.mktemp("data"), n_train=50, n_test=30, classes=classes)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +70,22 @@ def run_dir(tmp_path_factory, data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def report(run_dir, data_dir, tmp_path_factory) -> Path:
+    """reports/index.html of the run (its own folder is reports/<run name>/)."""
     out = tmp_path_factory.mktemp("report")
     return build_report(run_dir, out, data_dir=data_dir, device="cpu", n_cam=2)
 
 
 @pytest.fixture(scope="module")
-def search_report(run_dir, data_dir, tmp_path_factory) -> Path:
+def search_report(report, run_dir, data_dir, tmp_path_factory) -> Path:
+    """A search report built into a copy of the run report's folder: the second report of that folder."""
+    out = tmp_path_factory.mktemp("reports2") / "reports"
+    shutil.copytree(report.parent, out)
     search = write_search_dir(tmp_path_factory.mktemp("runs2") / "search-demo", run_dir, HOSTILE)
-    return build_report(search, tmp_path_factory.mktemp("search_report"), data_dir=data_dir, device="cpu", n_cam=1)
+    return build_report(search, out, data_dir=data_dir, device="cpu", n_cam=1)
+
+
+def _folder(report: Path, name: str = HOSTILE_NAME) -> Path:
+    return report.parent / name
 
 
 class _Page(HTMLParser):
@@ -78,7 +93,7 @@ class _Page(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ids, self.imgs, self.urls, self.tags, self.trial_rows = set(), [], [], [], 0
+        self.ids, self.imgs, self.urls, self.tags, self.trial_rows, self.links = set(), [], [], [], 0, []
         self._in_trials = False
 
     def handle_starttag(self, tag, attrs):
@@ -91,6 +106,8 @@ class _Page(HTMLParser):
         for key in ("src", "href", "srcset", "poster", "data"):
             if a.get(key):
                 self.urls.append(a[key])
+        if tag == "a" and a.get("href") and not a["href"].startswith("#"):
+            self.links.append(a["href"])
         if tag == "table" and a.get("id") == "trials":
             self._in_trials = True
         if tag == "tr" and self._in_trials:
@@ -107,35 +124,42 @@ def _parse(path: Path) -> _Page:
     return page
 
 
+def _target(page: Path, url: str) -> Path:
+    """The file a relative URL of `page` points at (fragment dropped, %-escapes decoded)."""
+    return page.parent / unquote(url.split("#")[0])
+
+
 # ----------------------------------------------------------------------------- the run report
 def test_every_section_and_figure_present(report, run_dir):
-    page = _parse(report)
-    assert set(SECTIONS) <= page.ids
-    srcs = {src for src, _ in page.imgs}
-    assert set(FIGURES) <= srcs, f"missing figures: {set(FIGURES) - srcs}"
+    for page_path, prefix in ((report, quote(HOSTILE_NAME, safe="") + "/"), (_folder(report) / "index.html", "")):
+        page = _parse(page_path)
+        assert set(SECTIONS) <= page.ids
+        srcs = {src for src, _ in page.imgs}
+        assert {prefix + f for f in FIGURES} <= srcs, f"missing figures: {set(FIGURES) - srcs}"
     html = report.read_text()
     summary = rundir.read_json(run_dir / rundir.SUMMARY)
     assert f"{100 * summary['test_acc']:.2f}%" in html
     assert "11,173,962" in html                            # parameter count
     for field in ("max_lr", "aug.cutout_p", "label_smoothing"):   # the full config table
         assert f">{field}<" in html
-    for name in rundir.CIFAR10_CLASSES:                     # per-class table
+    for name in rundir.CIFAR10_CLASSES[:3]:                 # per-class table
         assert f">{name}<" in html
 
 
 def test_every_image_exists_is_a_png_and_has_alt_text(report):
     from PIL import Image
 
-    page = _parse(report)
-    assert len(page.imgs) >= len(FIGURES)
-    for src, alt in page.imgs:
-        path = report.parent / src
-        assert path.is_file(), src
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
-        with Image.open(path) as im:
-            im.load()                                       # decodes every pixel
-            assert im.width > 50 and im.height > 50
-        assert alt and len(alt) > 20 and src not in alt, f"{src}: alt text {alt!r}"
+    for page_path in (report, _folder(report) / "index.html"):
+        page = _parse(page_path)
+        assert len(page.imgs) >= len(FIGURES)
+        for src, alt in page.imgs:
+            path = _target(page_path, src)
+            assert path.is_file(), src
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+            with Image.open(path) as im:
+                im.load()                                   # decodes every pixel
+                assert im.width > 50 and im.height > 50
+            assert alt and len(alt) > 20 and src not in alt, f"{src}: alt text {alt!r}"
 
 
 def test_hostile_strings_are_escaped(report):
@@ -146,14 +170,24 @@ def test_hostile_strings_are_escaped(report):
     assert "script" not in _parse(report).tags             # the page needs no JS at all
 
 
-def test_page_is_self_contained(report):
-    page = _parse(report)
+def test_math_text_in_a_class_name_is_plain_text(report):
+    """A class name with $ and backslashes (matplotlib math text: ParseFatalException before) is
+    drawn and shown as written."""
+    assert MATH_CLASS in report.read_text()                 # nothing to escape for HTML in it
+    assert (_folder(report) / "confusion.png").is_file()    # its tick labels hold the name
+
+
+@pytest.mark.parametrize("which", ["index", "own folder"])
+def test_page_is_self_contained(report, which):
+    page_path = report if which == "index" else _folder(report) / "index.html"
+    page = _parse(page_path)
     for url in page.urls:
         assert not re.match(r"^[a-z][a-z0-9+.-]*:|^//", url, re.I), f"non-relative URL {url!r}"
         if not url.startswith("#"):
-            assert (report.parent / url).is_file(), url
+            assert _target(page_path, url).is_file(), url
     assert "link" not in page.tags                           # no external stylesheets or fonts
-    assert "@import" not in report.read_text() and "url(" not in report.read_text()
+    text = page_path.read_text()
+    assert "@import" not in text and "url(" not in text
 
 
 def test_classification_stats():
@@ -164,6 +198,128 @@ def test_classification_stats():
     assert s["accuracy"] == 0.75
     np.testing.assert_allclose(s["precision"], [1.0, 0.5, 1.0])
     np.testing.assert_allclose(s["recall"], [1.0, 1.0, 0.5])
+    np.testing.assert_allclose(s["f1"], [1.0, 2 / 3, 2 / 3])
+
+
+def test_f1_is_zero_for_a_class_never_predicted_and_precision_undefined():
+    # class 2 is present but never predicted; class 3 is neither present nor predicted
+    logits = np.eye(4, dtype=np.float32)[[0, 1, 1, 0]] * 3
+    labels = np.array([0, 1, 2, 2])
+    s = classification_stats(logits, labels, 4)
+    assert s["f1"][2] == 0.0 and np.isnan(s["precision"][2]) and s["recall"][2] == 0.0
+    assert np.isnan(s["f1"][3]) and np.isnan(s["precision"][3]) and np.isnan(s["recall"][3])
+    # F1 = 2TP / (2TP + FP + FN): class 0 has TP 1, FP 1 (the second class-2 image), FN 0
+    assert s["f1"][0] == pytest.approx(2 / 3)
+
+
+def test_expected_calibration_error_by_hand():
+    # Confidences 0.95, 0.95 (one right, one wrong), 0.55 (right), 0.25 (wrong), in 15 bins:
+    # (0.9333, 1]: acc 0.5, conf 0.95 -> 2/4 * 0.45; (0.5333, 0.6]: 1/4 * |1 - 0.55|; (0.2, 0.2667]: 1/4 * 0.25
+    probs = np.array([[0.95, 0.05, 0.0, 0.0], [0.95, 0.05, 0.0, 0.0], [0.55, 0.45, 0.0, 0.0],
+                      [0.25, 0.25, 0.25, 0.25]])
+    labels = np.array([0, 1, 0, 1])      # row 3 predicts class 0 (the first of a tie): wrong
+    cal = calibration_stats(probs, labels, n_bins=15)
+    assert cal["ece"] == pytest.approx(2 / 4 * 0.45 + 1 / 4 * 0.45 + 1 / 4 * 0.25, abs=1e-8)
+    assert cal["count"].sum() == 4 and cal["count"][14] == 2 and cal["count"][8] == 1 and cal["count"][3] == 1
+    assert cal["accuracy"] == 0.5
+    perfect = calibration_stats(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    assert perfect["ece"] == 0.0
+
+
+def _ece_by_loop(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE written out the plain way, independently of the report's code."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    conf, correct = p.max(1), (p.argmax(1) == labels)
+    total = 0.0
+    for m in range(n_bins):
+        lo, hi = m / n_bins, (m + 1) / n_bins
+        inside = (conf > lo) & (conf <= hi) if m else (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return total
+
+
+def test_numbers_in_the_html_are_recomputed_from_predictions_npz(report, run_dir):
+    """Accuracy, per-class recall/precision/F1 and both ECEs on the page equal plain numpy
+    recomputations from predictions.npz."""
+    html = report.read_text()
+    pred = rundir.load_predictions(run_dir)
+    logits, labels = pred["logits"], pred["labels"]
+    guess = logits.argmax(1)
+    assert f"Test accuracy {100 * (guess == labels).mean():.2f}%" in html
+    for c in range(10):
+        tp, fp, fn = [int(v) for v in (((guess == c) & (labels == c)).sum(), ((guess == c) & (labels != c)).sum(),
+                                       ((guess != c) & (labels == c)).sum())]
+        recall = f"{100 * tp / (tp + fn):.2f}%"
+        precision = f"{100 * tp / (tp + fp):.2f}%" if tp + fp else "–"
+        f1 = f"{100 * 2 * tp / (2 * tp + fp + fn):.2f}%"
+        row = (f'<td class="num">{tp + fn}</td><td class="num">{tp}</td><td class="num">{recall}</td>'
+               f'<td class="num">{precision}</td><td class="num">{f1}</td>')
+        assert row in html, (c, row)
+    assert "“–” means undefined" in html
+    # Both evaluations are stored; the reported logits are the plain ones (no --tta).
+    np.testing.assert_array_equal(pred["logits"], pred["logits_plain"])
+    for key, label in (("logits_plain", "Plain: one view per image"), ("logits_tta", "Mirror-averaged (--tta)")):
+        ece = _ece_by_loop(pred[key], labels)
+        acc = (pred[key].argmax(1) == labels).mean()
+        assert re.search(rf"<th scope=\"row\">{re.escape(label)}</th><td class=\"num\">{100 * acc:.2f}%</td>"
+                         rf"<td class=\"num\">[0-9.]+%</td><td class=\"num\">{100 * ece:.2f}%</td>", html), label
+
+
+def test_curves_put_like_with_like_and_the_schedule_is_per_step(report, run_dir):
+    """Training loss with label smoothing is never the only training curve beside plain validation
+    loss: plain training cross-entropy and validation with the same smoothing are logged too."""
+    rows = rundir.read_metrics(run_dir)
+    for r in rows:
+        assert r["train_ce"] is not None and r["val_loss_smoothed"] is not None
+        assert r["val_loss_smoothed"] != r["val_loss"]      # label smoothing 0.1 changes it
+    steps = rundir.read_steps(run_dir)
+    assert max(s["lr"] for s in steps) == pytest.approx(0.4)  # OneCycle's peak is in the record
+    html = report.read_text()
+    assert "plain cross-entropy of the training batches" in html
+    assert "at every optimiser step" in html
+
+
+def test_health_warnings_name_chance_level_and_divergence_and_stay_quiet_for_a_good_run():
+    classes = tuple(CLASSES)
+    bad = health_warnings([{"epoch": 1, "train_loss": 2.5, "val_loss": 2.2}, {"epoch": 2, "train_loss": 22.0,
+                                                                            "val_loss": 83.0}],
+                          {"test_acc": 0.106, "test_loss": 83.0}, np.full(100, 7), classes)
+    text = " ".join(bad)
+    assert "chance level" in text and "Validation loss exploded" in text and "Test loss 83" in text
+    assert "predicts “horse” for 100%" in text
+    nan = health_warnings([{"epoch": 1, "train_loss": float("nan"), "val_loss": None}], {"test_acc": 0.5},
+                          np.arange(100) % 10, classes)
+    assert any("non-finite" in w for w in nan)
+    good = health_warnings([{"epoch": e, "train_loss": 2.0 / e, "val_loss": 1.5 / e ** 0.5} for e in (1, 2, 3)],
+                           {"test_acc": 0.91, "test_loss": 0.3}, np.arange(100) % 10, classes)
+    assert good == []
+
+
+def test_a_model_at_chance_is_flagged_and_its_empty_gradcam_maps_labelled(run_dir, data_dir, tmp_path):
+    """A classifier with zero weights: every logit 0, every GradCAM map all zero, one class predicted."""
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "chance"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "best.safetensors"))
+    weights = load_file(str(run / rundir.FINAL_WEIGHTS))
+    weights["linear.weight"][:] = 0
+    weights["linear.bias"][:] = 0
+    save_file(weights, str(run / rundir.FINAL_WEIGHTS))
+    pred = rundir.load_predictions(run)
+    zeros = np.zeros_like(pred["logits"])
+    np.savez(run / rundir.PREDICTIONS, logits=zeros, logits_plain=zeros, logits_tta=zeros, labels=pred["labels"],
+             indices=pred["indices"])
+    summary = rundir.read_json(run / rundir.SUMMARY)
+    summary.update(test_acc=float((pred["labels"] == 0).mean()), test_loss=float(np.log(10)))
+    rundir.write_json(run / rundir.SUMMARY, summary)
+    page = build_report(run, tmp_path / "out", data_dir=data_dir, device="cpu", n_cam=2)
+    html = page.read_text()
+    assert 'id="warnings"' in html and "chance level" in html and "for 100% of the test images" in html
+    # 2 correct rows x 4 layers + 2 mistakes x 8 maps + 10 classes x 4 layers, all of them zero
+    assert "64 maps on this page are marked “all zero”" in html
 
 
 # ----------------------------------------------------------------------------- search report
@@ -171,12 +327,72 @@ def test_search_report_has_trials_table_and_plots(search_report):
     page = _parse(search_report)
     assert "search" in page.ids and "trials" in page.ids
     assert page.trial_rows == 1 + 3                          # header + one row per trial
-    assert "hparams.png" in {src for src, _ in page.imgs}
+    srcs = {src.rsplit("/", 1)[-1] for src, _ in page.imgs}
+    assert set(SEARCH_FIGURES) <= srcs
     html = search_report.read_text()
     assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "TERMINATED" in html and "STOPPED" in html and "NonFiniteLossError" in html
     assert html.count('class="best"') == 1                  # the best trial's row is marked
     assert set(SECTIONS) <= page.ids                          # the best trial's full report too
+
+
+def test_search_table_keeps_strings_and_rounds_numbers(search_report):
+    html = search_report.read_text()
+    for trial in TRIAL_IDS:                                  # "3e682_00000" is a float to Python
+        assert f">{trial}<" in html
+    assert ">inf<" not in html
+    assert f"{LONG_FLOAT:.4g}" in html and str(LONG_FLOAT) not in html
+    assert MATH_TEXT in html                                 # as written, not as math text
+    assert "61.00%" in html                                  # best_val_acc as a percentage
+    assert "Hyperparameter search “demo”" in html
+    assert "best best_val_acc" not in html and "Search search-" not in html
+    assert "Search wall time (all trials)</th><td>0:02:03 (123.4 s)" in html
+
+
+def test_best_config_beside_the_default_recipe(search_report):
+    html = search_report.read_text()
+    # epochs 2 in the run the fixture copied as best/, 30 in the recipe; not a sampled field
+    assert '<tr class="differs"><th scope="row">epochs</th><td>30</td><td>2</td><td>search flags</td>' in html
+    assert '<th scope="row">momentum</th><td>0.9</td><td>0.9</td>' in html
+
+
+def test_hyperparameter_axes_follow_the_search_space():
+    from reporting.figures import axis_scale
+
+    xs = np.array([0.1, 0.2])
+    assert axis_scale({"type": "loguniform", "lower": 0.05, "upper": 1.0}, xs) == "log"
+    assert axis_scale({"type": "uniform", "lower": 0.0, "upper": 0.5}, np.array([0.0, 0.4])) == "linear"
+    assert axis_scale({"type": "randint", "lower": 8, "upper": 20}, np.array([8.0, 19.0])) == "linear"
+    assert axis_scale({"type": "off_or_loguniform", "lower": 1e-7, "upper": 1e-5}, np.array([0, 1e-6])) == "symlog"
+    assert axis_scale({"type": "choice", "values": [1, 2]}, xs) == "category"
+    assert axis_scale(None, np.array([np.nan, 1.0])) == "category"
+    # uniform values spanning more than a decade stay linear (they were drawn on a log axis before)
+    assert axis_scale({"type": "uniform", "lower": 0.0, "upper": 0.5}, np.array([0.01, 0.45])) == "linear"
+
+
+# ----------------------------------------------------------------------------- the reports folder
+def test_every_report_keeps_its_folder_and_the_index_lists_them_newest_first(report, search_report, tmp_path):
+    out = search_report.parent
+    run_folder = out / HOSTILE_NAME
+    assert (run_folder / "index.html").is_file() and (run_folder / "curves.png").is_file()   # not overwritten
+    assert (out / "search-demo" / "index.html").is_file()
+    page = _parse(search_report)                            # the index shows the search, built last
+    assert "reports" in page.ids
+    # the run (created today) is newer than the search (started 2026-11-26 10:00 UTC in search.json)
+    assert page.links == [f"{quote(HOSTILE_NAME, safe='')}/index.html", "search-demo/index.html"]
+    html = search_report.read_text()
+    assert '<tr class="current"><th scope="row"><a href="search-demo/index.html">search-demo</a> (above)' in html
+    # a report's own page leads back to the list
+    own = _parse(run_folder / "index.html")
+    assert set(own.links) == {"../index.html#reports"}
+    # copied elsewhere, every link and image still resolves
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(out, copy)
+    for page_path in [copy / "index.html"] + [copy / unquote(link) for link in page.links]:
+        parsed = _parse(page_path)
+        for url in parsed.urls + parsed.links:
+            if not url.startswith("#"):
+                assert _target(page_path, url).is_file(), (page_path, url)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -216,6 +432,28 @@ def test_cli_bad_run_dir(damage, run_dir, data_dir, tmp_path, capsys):
                 "corrupt_summary": "summary.json", "no_data": "--data-dir"}[damage]
     assert expected in err
     assert not (tmp_path / "out" / "index.html").exists()
+
+
+def test_cli_any_failure_is_one_line_exit_2_and_keeps_the_previous_report(report, run_dir, data_dir, tmp_path,
+                                                                         capsys, monkeypatch):
+    """A failure nobody foresaw (here: in the GradCAM step, half-way through) is one line and exit 2,
+    and the report already in the folder under that name stays whole."""
+    import reporting.report
+    from cifar_lab.cli import report as main
+
+    out = tmp_path / "reports"
+    shutil.copytree(report.parent, out)
+    before = {p.name: p.read_bytes() for p in (out / HOSTILE_NAME).iterdir()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line of a long message")
+
+    monkeypatch.setattr(reporting.report, "_gradcam_figures", boom)
+    assert main([str(run_dir), "--out", str(out), "--data-dir", str(data_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "RuntimeError: boom" in err, err
+    assert {p.name: p.read_bytes() for p in (out / HOSTILE_NAME).iterdir()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
 
 
 # ----------------------------------------------------------------------------- in a browser
@@ -259,12 +497,21 @@ def _probe(report: Path, tmp_path: Path, name: str = "probe.html") -> dict:
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium (CI installs it)")
-def test_page_in_headless_chromium(report, tmp_path):
-    result = _probe(report, tmp_path)
-    assert result["images"] >= len(FIGURES)
+def test_index_and_every_linked_report_in_headless_chromium(search_report, tmp_path):
+    """The index page (the search report, every report listed) and each report it links to load
+    in a browser with every image, and no request leaves the folder."""
+    result = _probe(search_report, tmp_path)
+    assert result["images"] >= len(FIGURES) + len(SEARCH_FIGURES)
     assert result["broken"] == [] and result["blocked"] == [] and result["net_errors"] == [], result
+    links = _parse(search_report).links
+    assert len(links) == 2
+    for link in links:
+        linked = _probe(_target(search_report, link), tmp_path)
+        assert linked["images"] >= len(FIGURES)
+        assert linked["broken"] == [] and linked["blocked"] == [] and linked["net_errors"] == [], (link, linked)
     shot = tmp_path / "page.png"
-    r = _chromium("--window-size=1280,4000", f"--screenshot={shot}", report.as_uri(), profile=tmp_path / "profile")
+    r = _chromium("--window-size=1400,4000", f"--screenshot={shot}", search_report.as_uri(),
+                  profile=tmp_path / "profile")
     assert shot.is_file() and shot.stat().st_size > 10_000, r.stderr[-2000:]
 
 
@@ -272,7 +519,7 @@ def test_page_in_headless_chromium(report, tmp_path):
 def test_browser_probe_detects_broken_images_and_requests(report, tmp_path):
     """The probe itself works: a missing image and a remote image are both caught."""
     copy = tmp_path / "copy"
-    shutil.copytree(report.parent, copy)
+    shutil.copytree(_folder(report), copy)
     page = copy / "index.html"
     html = page.read_text().replace('src="confusion.png"', 'src="missing.png"', 1)
     html = html.replace("</main>", '<img src="http://example.invalid/x.png" alt="remote"></main>', 1)

@@ -6,6 +6,7 @@ the CLI in subprocesses with their own Ray. Trials use 40 train / 20 val / 20 te
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -59,8 +60,10 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     space = {**FIXED, "max_lr": {"type": "choice", "values": [BAD_LR, GOOD_LR, DIVERGING_LR]}}
     search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
                           seed=0, verbose=0)
-    # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not
-    summary = run_search(_base(fake_cifar, tmp_path, scheduler="onecycle", pct_start=0.5), search)
+    # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not.
+    # Trials track into their own run dirs when the base config asks for it.
+    log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    summary = run_search(_base(fake_cifar, tmp_path, scheduler="onecycle", pct_start=0.5, log_with=log_with), search)
     sdir = tmp_path / "search-asha"
 
     rows = _results(sdir)
@@ -82,7 +85,9 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
         tdir = sdir / "trials" / r["trial_id"]
         assert (tdir / "config.json").exists()
         if r["status"] != "ERROR":
-            assert (tdir / "metrics.jsonl").exists()
+            assert (tdir / "metrics.jsonl").exists() and (tdir / "steps.jsonl").exists()
+            if log_with == "tensorboard":
+                assert list((tdir / "tensorboard").glob("events.out.tfevents.*")), r["trial_id"]
         if r["status"] == "TERMINATED":  # ASHA kills a stopped trial before fit's summary
             assert json.loads((tdir / "summary.json").read_text())["test_acc"] is None
             assert not (tdir / "predictions.npz").exists()
@@ -91,11 +96,14 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     bsum = json.loads((best / "summary.json").read_text())
     assert bsum["trial_id"] == rows[0]["trial_id"] == summary["best_trial"]
     assert bsum["test_acc"] is not None and bsum["test_acc"] == summary["test_acc"]
+    # the trial's whole fit time (the report's "Wall time (all)"), not the null a fresh summary has
+    assert bsum["total_seconds"] > bsum["wall_seconds"] > 0
     assert bsum["best_val_acc"] == pytest.approx(float(rows[0]["best_val_acc"]))
     # best over all epochs, not the last one
     metrics = [json.loads(x) for x in (best / "metrics.jsonl").read_text().splitlines()]
     assert bsum["best_val_acc"] == max(m["val_acc"] for m in metrics)
-    for name in ("config.json", "metrics.jsonl", "best.safetensors", "model.safetensors", "predictions.npz"):
+    for name in ("config.json", "metrics.jsonl", "steps.jsonl", "best.safetensors", "model.safetensors",
+                 "predictions.npz"):
         assert (best / name).exists(), name
     with np.load(best / "predictions.npz") as z:
         assert z["logits"].shape == (20, 10) and len(set(z["indices"].tolist())) == 20

@@ -84,6 +84,38 @@ def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]  # keep_checkpoints=2
     weights = load_file(str(run / rundir.FINAL_WEIGHTS))
     assert sum(v.size for k, v in weights.items() if "running" not in k and "num_batches" not in k) == 11_173_962
+    # Both test evaluations are kept; the reported one is the plain one (no --tta)
+    assert np.array_equal(pred["logits"], pred["logits_plain"]) and pred["logits_tta"].shape == (30, 10)
+    assert not np.allclose(pred["logits_plain"], pred["logits_tta"])
+
+
+def test_steps_jsonl_records_every_optimiser_step_and_the_schedule_peak(basic_run):
+    """steps.jsonl: one row per optimiser step, lr as the step used it (so OneCycle's peak is there
+    even where metrics.jsonl's last-step-of-epoch rate misses it), loss consistent with metrics.jsonl."""
+    cfg, _, run = basic_run
+    steps, rows = rundir.read_steps(run), rundir.read_metrics(run)
+    per_epoch = 60 // cfg.batch_size
+    assert [s["step"] for s in steps] == list(range(1, 3 * per_epoch + 1))
+    assert [s["epoch"] for s in steps] == [e for e in (1, 2, 3) for _ in range(per_epoch)]
+    # the schedule replayed on its own: every step's rate, the peak included
+    import torch
+    from distributed.pipeline import build_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.max_lr, momentum=0.9)
+    sched = build_scheduler(cfg, opt, per_epoch)
+    replay = []
+    for _ in steps:
+        replay.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [s["lr"] for s in steps] == pytest.approx(replay, rel=1e-12)
+    for r in rows:
+        mine = [s for s in steps if s["epoch"] == r["epoch"]]
+        assert mine[-1]["lr"] == r["lr"]
+        # equal batches: the epoch's loss is the mean of its steps' losses
+        assert np.mean([s["loss"] for s in mine]) == pytest.approx(r["train_loss"], rel=1e-5)
+        # without label smoothing or L1 the plain cross-entropy is the optimised loss itself
+        assert r["train_ce"] == pytest.approx(r["train_loss"], rel=1e-6)
+        assert r["val_loss_smoothed"] == r["val_loss"]
 
 
 def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
@@ -118,6 +150,9 @@ def test_kill_9_then_resume_ends_exactly_like_an_uninterrupted_run(fake_cifar, t
     assert "resumed" in resumed.stdout
     a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "killed")
     assert _comparable(a) == _comparable(b)
+    # the per-step record too: rows past the resumed checkpoint were dropped, none is missing or doubled
+    assert rundir.read_steps(tmp_path / "killed") == rundir.read_steps(tmp_path / "full")
+    assert len(rundir.read_steps(tmp_path / "full")) == 4 * 3
     wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "killed" / "model.safetensors"))
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
     sa = json.loads((tmp_path / "full" / "summary.json").read_text())
@@ -136,9 +171,11 @@ def test_checkpoint_every_skips_epochs_and_a_kill_between_checkpoints_redoes_the
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0002", "epoch_0003"]
     final = load_file(str(run / rundir.FINAL_WEIGHTS))
 
+    steps = rundir.read_steps(run)
     killed_before_last_checkpoint(run, 3)  # the newest checkpoint left is epoch 2's
     again = fit(cfg, resume=True, progress=False)
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]  # epoch 3 redone, not duplicated
+    assert rundir.read_steps(run) == steps
     assert again["test_acc"] == done["test_acc"]
     resumed = load_file(str(run / rundir.FINAL_WEIGHTS))
     assert all(np.array_equal(final[k], resumed[k]) for k in final)
@@ -326,9 +363,58 @@ def test_tta_evaluation_averages_each_image_with_its_mirror(fake_cifar):
     model = resnet18().eval()
     plain = evaluate(model, loader, Accelerator(cpu=True))
     both = evaluate(model, loader, Accelerator(cpu=True), tta=True)
+    # both=True: the two evaluations side by side, the reported numbers still those of `tta`
+    kept = evaluate(model, loader, Accelerator(cpu=True), both=True, label_smoothing=0.1)
+    np.testing.assert_array_equal(kept["logits"], plain["logits"])
+    np.testing.assert_array_equal(kept["logits_plain"], plain["logits"])
+    np.testing.assert_allclose(kept["logits_tta"], both["logits"], rtol=1e-6, atol=1e-6)
+    assert kept["loss"] == plain["loss"] and kept["acc"] == plain["acc"]
+    logits, labels = torch.from_numpy(kept["logits"]), torch.from_numpy(kept["labels"])
+    assert kept["loss_smoothed"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1).item())
+    assert kept["loss_smoothed"] != pytest.approx(kept["loss"])
     x = torch.from_numpy(data.test_x[:12]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         mirrored = model(x.flip(3)).numpy()
     assert both["count"] == plain["count"] == 12
     np.testing.assert_allclose(both["logits"], (plain["logits"] + mirrored) / 2, rtol=1e-5, atol=1e-5)
     assert not np.allclose(both["logits"], plain["logits"])  # the mirror changed something: not a no-op
+
+
+def test_log_with_tensorboard_logs_the_run_and_a_resume_shows_each_step_once(fake_cifar, tmp_path):
+    """--log-with tensorboard: per-epoch metrics and per-step loss/lr in runs/<name>/tensorboard/,
+    read back with TensorBoard's own event reader; a resumed run purges what it redoes."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(fake_cifar, tmp_path, name="tb", epochs=2, deterministic=True, log_with="tensorboard")
+    fit(cfg, progress=False)
+    run = tmp_path / "tb"
+    killed_before_last_checkpoint(run, 2)       # epoch 2 is redone by the resume
+    fit(cfg, resume=True, progress=False)
+    events = EventAccumulator(str(run / rundir.TENSORBOARD), size_guidance={"scalars": 0})
+    events.Reload()
+    steps, rows = rundir.read_steps(run), rundir.read_metrics(run)
+    for tag, key in (("step/lr", "lr"), ("step/loss", "loss")):
+        logged = events.Scalars(tag)
+        assert [e.step for e in logged] == [s["step"] for s in steps], tag   # each step once
+        assert [e.value for e in logged] == pytest.approx([s[key] for s in steps], rel=1e-6)
+    for key in ("train_loss", "train_ce", "val_acc", "val_loss", "val_loss_smoothed", "epoch_seconds"):
+        logged = events.Scalars(f"epoch/{key}")
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in rows], rel=1e-6), key
+        assert [e.step for e in logged] == [3, 6]    # at the epoch's last optimiser step
+    summary = rundir.read_json(run / rundir.SUMMARY)
+    assert [e.value for e in events.Scalars("test/acc")] == pytest.approx([summary["test_acc"]])
+
+
+def test_log_with_a_tracker_that_is_not_installed_is_one_line(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    r = cli("--runs-dir", tmp_path, "--data-dir", tmp_path / "nodata", "--log-with", "wandb", timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: invalid --log-with wandb: the wandb package is not installed; "
+                                "`pip install wandb`, or leave --log-with out")
+    assert not any(tmp_path.iterdir())
+    r = cli("--runs-dir", tmp_path, "--log-with", "neptune", timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: invalid --log-with 'neptune': choose tensorboard, wandb, mlflow or none")

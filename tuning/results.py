@@ -72,12 +72,27 @@ def export_best(search_dir: Path, best: dict[str, Any], data: Any) -> dict[str, 
         tmp.mkdir()
         for name in (rundir.CONFIG, rundir.METRICS, rundir.BEST_WEIGHTS, rundir.PARAMS):
             shutil.copy2(src / name, tmp / name)
+        if (src / rundir.STEPS).exists():  # runs from before steps.jsonl have none
+            shutil.copy2(src / rundir.STEPS, tmp / rundir.STEPS)
         shutil.copy2(src / rundir.BEST_WEIGHTS, tmp / rundir.FINAL_WEIGHTS)  # the weights the summary describes
         summary = RunWriter(tmp).finish(meta, test, trial_id=best["trial_id"], trial_status=best["status"],
-                                        search=search_dir.name, params=best["params"])
+                                        search=search_dir.name, params=best["params"],
+                                        total_seconds=trial_total_seconds(src))
     print(f"best trial {best['trial_id']}: val_acc {best['best_val_acc']:.4f} at epoch {best['best_epoch']}, "
           f"test_acc {test['acc']:.4f} on {test['count']} images -> {search_dir / rundir.BEST_TRIAL}", flush=True)
     return summary
+
+
+def trial_total_seconds(run_dir: Path) -> float | None:
+    """The whole `fit` time of a trial (start-up, validation, checkpoints): its summary's when it
+    finished, else its newest checkpoint's (an ASHA-stopped trial ends without a summary)."""
+    run_dir = Path(run_dir)
+    if (run_dir / rundir.SUMMARY).exists():
+        total = rundir.read_json(run_dir / rundir.SUMMARY).get("total_seconds")
+        if total is not None:
+            return float(total)
+    checkpoints = rundir.checkpoint_dirs(run_dir)
+    return rundir.read_trainer_state(checkpoints[-1]).total_seconds if checkpoints else None
 
 
 def write_results_csv(path: Path, trials: list[dict[str, Any]], param_names: list[str]) -> None:

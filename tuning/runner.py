@@ -164,6 +164,10 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None)
     space_mod.validate_space(space, base_cfg)
     if base_cfg.val_size <= 0:
         raise ConfigError("invalid --val-size 0: a search selects on validation accuracy; give it a split")
+    if base_cfg.log_with != "none":
+        from distributed.tracking import check_tracker
+
+        check_tracker(base_cfg.log_with)  # in the driver: a trial would fail on it, one by one
     ray_path = search_dir / RAY_DIR
     if search.resume:
         if not ray_path.is_dir():
