@@ -1,7 +1,7 @@
 """Build the static HTML report of a run or a search (the same command as `cifar-report`):
 
-    python reporting/build.py runs/resnet18                # -> reports/index.html
-    python reporting/build.py runs/search-lr --out reports/lr --data-dir data --device cpu
+    python reporting/build.py runs/resnet18         # -> reports/resnet18/, shown with the others in reports/index.html
+    python reporting/build.py runs/search-lr --out reports --data-dir data --device cpu
 
 A script only: the command line is `cifar_lab.cli.report`, the report `reporting.report.build_report`.
 """

@@ -19,6 +19,9 @@ import numpy as np
 
 _DPI = 100
 _FONT_PX = 13      # text size in the image mosaics, in output pixels
+# The page's content column is ~1340 px at a 1400 px window: wider plots would be shrunk, and their
+# text with them, so none is drawn wider than that.
+_MAX_WIDTH_IN = 13.4
 
 
 def _plain_text(fn):
@@ -101,7 +104,7 @@ def plot_curves(metrics: Sequence[dict[str, Any]], path: Path, *, label_smoothin
     if not np.isfinite(train_ce).any() and not objective:
         train_ce = _column(metrics, "train_loss")  # without smoothing or L1 the objective is the plain CE
     panels = 3 if objective else 2
-    fig = _figure(figsize=(4.6 * panels, 3.9))
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, 4.6 * panels), 3.9))
     axes = list(fig.subplots(1, panels))
 
     ax = axes.pop(0)
@@ -147,7 +150,8 @@ def plot_curves(metrics: Sequence[dict[str, Any]], path: Path, *, label_smoothin
 
 
 @_plain_text
-def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Sequence[dict[str, Any]] = ()) -> Path:
+def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Sequence[dict[str, Any]] = (),
+                     max_lr: float | None = None) -> Path:
     """Learning rate (left) and training loss (right) at every optimiser step, against the epoch.
 
     `steps` are steps.jsonl rows; a run without them (older runs) gets the per-epoch rate from
@@ -167,7 +171,9 @@ def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Seque
         ax.plot(x, lr, "-", lw=1.5)
         peak = int(np.nanargmax(lr))
         ax.plot([x[peak]], [lr[peak]], "o", color="tab:red", ms=5,
-                label=f"peak {lr[peak]:.4g} at step {int(step[peak])}")
+                label=f"highest used: {lr[peak]:.4g} at step {int(step[peak])}")
+        if max_lr:  # OneCycle reaches it only when its warm-up ends on a whole step
+            ax.axhline(max_lr, color="0.4", ls=":", lw=1, label=f"--max-lr {max_lr:g}")
         ax.legend(fontsize=8)
         ax.set_title(f"Learning rate at each of {len(steps):,} optimiser steps", fontsize=11)
         ax_loss.plot(x, loss, "-", lw=0.8, alpha=0.45, label="each step")
@@ -333,7 +339,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     totals = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
     k = len(classes)
-    fig = _figure(figsize=(15, 6.4))
+    fig = _figure(figsize=(_MAX_WIDTH_IN, 5.9))
     axes = fig.subplots(1, 2)
     for ax, data, title, fmt in ((axes[0], cm, "Counts", "{:d}"), (axes[1], norm, "Row-normalised (recall)", "{:.2f}")):
         im = ax.imshow(data, cmap="Blues", vmin=0)
@@ -361,7 +367,10 @@ def cam_grid(rows: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str],
     `notes`: text written over a cell (e.g. "all zero" for a map with no positive evidence,
     which the colour map alone shows as flat blue).
     """
-    return _mosaic(rows, path, column_titles=column_titles, row_labels=row_labels, notes=notes)
+    ncols = max((len(r) for r in rows), default=1)
+    # 4x upscaled 32-pixel maps fit 9 columns in the page's width; the 11 of "every class" get 3x.
+    return _mosaic(rows, path, column_titles=column_titles, row_labels=row_labels, notes=notes,
+                   scale=4 if ncols <= 9 else 3)
 
 
 def axis_scale(spec: Any, values: np.ndarray) -> str:
@@ -432,7 +441,7 @@ def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
     space = space or {}
     ncols = min(3, max(1, len(params)))
     nrows = -(-len(params) // ncols)
-    fig = _figure(figsize=(4.6 * ncols, 3.3 * nrows))
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, 4.6 * ncols), 3.3 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     y = np.array([_float(r.get(metric)) for r in rows]) * 100
     for ax, p in zip(axes.flat, params):
@@ -533,7 +542,7 @@ def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric:
 
     space = space or {}
     n = len(params)
-    fig = _figure(figsize=(max(8.0, 1.45 * n + 2.5), 4.8))
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, max(8.0, 1.45 * n + 2.5)), 4.8))
     ax = fig.add_axes((0.05, 0.2, 0.82, 0.68))
     cax = fig.add_axes((0.9, 0.2, 0.018, 0.68))
     columns, labels = [], []
@@ -603,7 +612,7 @@ def plot_reliability(variants: Sequence[dict[str, Any]], path: Path) -> Path:
                label="accuracy in bin")
         gap_lo, gap_hi = np.minimum(acc, conf), np.maximum(acc, conf)
         ax.bar(lower[has], (gap_hi - gap_lo)[has], bottom=gap_lo[has], width=width[has], align="edge",
-               color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to mean confidence")
+               color="none", edgecolor="tab:red", hatch="///", lw=0.8, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

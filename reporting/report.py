@@ -335,6 +335,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
 
     out = Path(out_dir)
     name = run_dir.resolve().name
+    if name == reports_index.PAGE:
+        raise ReportError(f"a run named {name} cannot have its report folder beside {out / reports_index.PAGE}; "
+                          f"copy the run to another name")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -431,7 +434,7 @@ def _curve_figures(page: _Page) -> None:
     if run.steps:
         figures.plot_lr_schedule(run.steps, page.fig(
             "lr", "lr_schedule.png", "Learning rate (left) and training loss (right) at every optimiser step "
-                                     "(steps.jsonl), against the epoch"))
+                                     "(steps.jsonl), against the epoch"), max_lr=cfg.max_lr)
     elif any(r.get("lr") is not None for r in metrics):
         figures.plot_lr_schedule([], page.fig("lr", "lr_schedule.png",
                                               "Learning rate at the last step of each epoch (this run predates the "
