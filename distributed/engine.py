@@ -8,6 +8,8 @@ Flow (top to bottom, as in accelerate's complete_cv_example):
     build Accelerator -> check the run directory -> data, loaders, model, optimiser (one prepare)
     -> [resume] -> per epoch: train, validate, keep best, checkpoint, log, callback
     -> final weights, test predictions, summary.
+With `stop` (the CLI's SIGTERM flag), every rank checks before each training step whether any rank
+was signalled, and all of them leave the loop at the same step with `Preempted`.
 """
 from __future__ import annotations
 
