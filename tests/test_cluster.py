@@ -6,7 +6,7 @@ scontrol, requeued on its warning signal; an elastic restart after kill -9 of on
 one rank. The runs are tiny (40 training images, 3 epochs of 4 steps) and deterministic, so every
 launch must end bit-identical to the first one.
 
-Every process uses one thread; ports come from 29730-29739 (torchrun) and 46300-46399 (Ray).
+Every process uses one thread; ports come from 29730-29739 (torchrun) and 46310-46799 (Ray).
 """
 from __future__ import annotations
 
@@ -334,15 +334,16 @@ def _ray_env(**extra: str) -> dict[str, str]:
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **extra}
 
 
-def _ray_node(temp: Path, ports: int, env: dict[str, str], *head_or_address: str, block: bool = True):
-    """`ray start` for one node on this machine: its own temp dir (so no other Ray on the host
-    finds it) and its own ports, `ports` .. `ports`+6 and workers from `ports`+100."""
+def _ray_node(temp: Path, node: int, env: dict[str, str], *head_or_address: str, block: bool = True):
+    """`ray start` for node `node` (0, 1, ...) on this machine: its own temp dir (so no other Ray on
+    the host finds it) and ports of its own, 46310 + 10 * node .. +5, workers 46500 + 100 * node .. +99."""
+    ports, workers = 46310 + 10 * node, 46500 + 100 * node
     cmd = [str(Path(sys.executable).parent / "ray"), "start", *head_or_address, "--node-ip-address", "127.0.0.1",
            "--num-cpus", "2", "--object-store-memory", str(200 * 2**20), "--temp-dir", str(temp),
            "--node-manager-port", str(ports), "--object-manager-port", str(ports + 1),
            "--dashboard-agent-listen-port", str(ports + 2), "--dashboard-agent-grpc-port", str(ports + 3),
            "--runtime-env-agent-port", str(ports + 4), "--metrics-export-port", str(ports + 5),
-           "--min-worker-port", str(ports + 100), "--max-worker-port", str(ports + 199)] + (["--block"] if block else [])
+           "--min-worker-port", str(workers), "--max-worker-port", str(workers + 99)] + (["--block"] if block else [])
     log = temp.with_suffix(".log")
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True), log
 
@@ -371,14 +372,14 @@ def ray_cluster():
     auth = {"RAY_AUTH_MODE": "token"}
     nodes = []
     try:
-        head, head_log = _ray_node(base / "head", 46310, _ray_env(**auth, RAY_AUTH_TOKEN_PATH=str(token)),
+        head, head_log = _ray_node(base / "head", 0, _ray_env(**auth, RAY_AUTH_TOKEN_PATH=str(token)),
                                    "--head", "--port", GCS.split(":")[1], "--include-dashboard=false")
         nodes.append(head)
         _wait_log(head, head_log, "block forever")
-        worker, worker_log = _ray_node(base / "worker", 46320, _ray_env(**auth, RAY_AUTH_TOKEN=token.read_text()),
+        worker, worker_log = _ray_node(base / "worker", 1, _ray_env(**auth, RAY_AUTH_TOKEN=token.read_text()),
                                        "--address", GCS)
         nodes.append(worker)
-        stranger, stranger_log = _ray_node(base / "stranger", 46330, _ray_env(), "--address", GCS, block=False)
+        stranger, stranger_log = _ray_node(base / "stranger", 2, _ray_env(), "--address", GCS, block=False)
         nodes.append(stranger)
         _wait_log(worker, worker_log, "block forever")
         assert stranger.wait(timeout=180) != 0 and "InvalidAuthToken" in stranger_log.read_text()
