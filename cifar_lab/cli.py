@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def train(argv: list[str] | None = None) -> int:
             args.config = run_dir / "config.json"
             cfg = config_from_args(args)
         from distributed.data import DataError
-        from distributed.engine import fit
+        from distributed.engine import Preempted, fit, stop_on_signals
         from distributed.lr_finder import find_lr
         from distributed.pipeline import LaunchError
         from distributed.tracking import check_tracker
@@ -90,19 +91,36 @@ def train(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    main_process = int(os.environ.get("RANK", "0")) == 0
     try:
-        if args.find_lr and not resuming:
-            cfg = find_lr(cfg, run_dir, use_suggestion=args.max_lr is None)
-        summary = fit(cfg, run_dir, resume=args.resume)
+        # SIGTERM (SLURM's preemption and requeue, Kubernetes, spot instances) stops training at
+        # the next step on every rank instead of killing it wherever it is.
+        with stop_on_signals(signal.SIGTERM) as stop:
+            if args.find_lr and not resuming:
+                cfg = find_lr(cfg, run_dir, use_suggestion=args.max_lr is None)
+            summary = fit(cfg, run_dir, resume=args.resume, stop=stop)
     except (ConfigError, DataError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python distributed/train.py --name {cfg.name} --resume", file=sys.stderr)
+        print(f"interrupted; continue with: {_resume_command(cfg)}", file=sys.stderr)
         return 130
-    if summary.get("test_acc") is None or int(os.environ.get("RANK", "0")) != 0:
+    except Preempted as e:
+        if main_process:
+            kept = f"newest checkpoint: epoch {e.resume_epoch}" if e.resume_epoch else "no checkpoint yet"
+            launcher = " (under the same launcher)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+            print(f"stopped by {e.signal_name} in epoch {e.epoch}, nothing half-written ({kept}); continue with: "
+                  f"{_resume_command(cfg)}{launcher}", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM  # 143, what a process killed by SIGTERM returns: schedulers expect it
+    if summary.get("test_acc") is None or not main_process:
         return 0  # only the main process of a DDP run builds the report
     return finish_run(run_dir, args)
+
+
+def _resume_command(cfg) -> str:
+    """The train.py command line that continues `cfg`'s run (the launcher in front stays the same)."""
+    runs = "" if cfg.runs_dir == "runs" else f" --runs-dir {cfg.runs_dir}"
+    return f"python distributed/train.py --name {cfg.name}{runs} --resume"
 
 
 # ----------------------------------------------------------------------------- search

@@ -285,16 +285,33 @@ def _passthrough(batch):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Numpy/random state per worker and rank, for any randomness outside the keyed transforms."""
+    """Numpy/random state per worker and rank, for any randomness outside the keyed transforms;
+    and the worker's answer to SIGTERM (`_first_sigterm_to_the_trainer`)."""
     import random
+    import signal
 
     import cv2
 
     cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe the cores
+    signal.signal(signal.SIGTERM, _first_sigterm_to_the_trainer)
     rank = int(os.environ.get("RANK", 0))
     seed = (torch.initial_seed() + 1009 * rank + worker_id) % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _first_sigterm_to_the_trainer(signum, frame) -> None:
+    """A loader worker outlives the first SIGTERM; a second one ends it.
+
+    SLURM and a shutting-down host signal every process of the job, loader workers included. A
+    worker that died of it would make torch's SIGCHLD handler raise inside the training process,
+    at any point of a step; instead the training process stops at a step boundary
+    (`engine.stop_on_signals`) and shuts its loaders down. A second SIGTERM is the loader's own
+    `terminate()` of a worker that did not exit when told to, or a user who means it.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int,

@@ -8,20 +8,25 @@ Flow (top to bottom, as in accelerate's complete_cv_example):
     build Accelerator -> check the run directory -> data, loaders, model, optimiser (one prepare)
     -> [resume] -> per epoch: train, validate, keep best, checkpoint, log, callback
     -> final weights, test predictions, summary.
+With `stop` (the CLI's SIGTERM flag), every rank checks before each training step whether any rank
+was signalled, and all of them leave the loop at the same step with `Preempted`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +60,64 @@ class EpochReport:
 EpochCallback = Callable[[EpochReport], None]
 
 
+class Preempted(RuntimeError):
+    """Training stopped on a signal (SIGTERM: SLURM, Kubernetes, a spot instance going away), at
+    the same step on every rank, before that step ran. Nothing was half-written: the run directory
+    holds the checkpoint of `resume_epoch` (0: none yet), which `--resume` continues from."""
+
+    def __init__(self, signal_name: str, epoch: int, resume_epoch: int = 0) -> None:
+        super().__init__(f"stopped by {signal_name} in epoch {epoch}")
+        self.signal_name, self.epoch, self.resume_epoch = signal_name, epoch, resume_epoch
+
+
+class StopFlag:
+    """Set by a signal handler (`stop_on_signals`); `fit` looks at it before every training step."""
+
+    def __init__(self) -> None:
+        self.signal = 0  # the number of the signal received; 0: none
+
+    def set(self, signum: int) -> None:
+        self.signal = int(signum)
+
+
+@contextmanager
+def stop_on_signals(*signums: int) -> Iterator[StopFlag]:
+    """Within the block the signals (default SIGTERM) do not kill the process: they set the flag,
+    and `fit(stop=flag)` ends at the next step boundary by raising `Preempted` on every rank.
+    Call from the main thread (Python delivers signals there only)."""
+    flag = StopFlag()
+    signums = signums or (signal.SIGTERM,)
+    previous = {s: signal.signal(s, lambda signum, frame: flag.set(signum)) for s in signums}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_check(stop: StopFlag | None, accelerator: Accelerator) -> Callable[[], int] | None:
+    """A collective "stop now?": the signal any rank received (0: none), the same on every rank.
+
+    SLURM signals every process of a job, Kubernetes only the launcher (which passes it on), a
+    reclaimed spot instance only the processes on it: a rank that stopped alone would leave the
+    others waiting in the next gradient all-reduce.
+    The flag goes through a CPU (gloo) all-reduce, which on GPU runs costs no host-device sync."""
+    if stop is None:
+        return None
+    if accelerator.num_processes == 1:
+        return lambda: stop.signal
+    import torch.distributed as dist
+
+    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def check() -> int:
+        flag = torch.tensor([stop.signal], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return int(flag.item())
+
+    return check
+
+
 # ----------------------------------------------------------------------------- one epoch
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of |w| over weight matrices and kernels (not biases or norm scales)."""
@@ -62,12 +125,15 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
 
 
 def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler, epoch: int,
-                    progress: bool = True, steps: list[dict[str, Any]] | None = None) -> dict[str, float]:
+                    progress: bool = True, steps: list[dict[str, Any]] | None = None,
+                    should_stop: Callable[[], int] | None = None) -> dict[str, float]:
     """One pass over the training loader. Loss/accuracy are summed over all processes.
 
-    steps: when given, extended with one row per optimiser step (step, epoch, lr, loss; see
-    rundir.STEPS). The step losses stay on the device until the epoch's one reduction: no host
-    sync per step.
+    steps:       when given, extended with one row per optimiser step (step, epoch, lr, loss; see
+                 rundir.STEPS). The step losses stay on the device until the epoch's one reduction:
+                 no host sync per step.
+    should_stop: asked before every step (on every rank: it may be collective); when it returns a
+                 signal number the epoch is abandoned by raising `Preempted`, before that step changes anything.
     """
     p.model.train()
     per_batch_schedule = cfg.scheduler == "onecycle"
@@ -86,6 +152,11 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     t0 = time.perf_counter()
     for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
         wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
+        signum = should_stop() if should_stop is not None else 0
+        if signum:
+            if bar is not None:
+                bar.close()
+            raise Preempted(signal.Signals(signum).name, epoch + 1)
         out = p.model(x)
         loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
         with torch.no_grad():
@@ -191,9 +262,17 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
+def _say(accelerator: Accelerator, line: str) -> None:
+    """Print on the global main process only: accelerator.print prints once per node, so every
+    node's log would repeat the job's lines, with that node's own timings."""
+    if accelerator.is_main_process:
+        print(line, flush=True)
+
+
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochCallback | None = None,
         resume: bool = False, data: CifarArrays | None = None, evaluate_test: bool = True,
-        progress: bool = True, accelerator: Accelerator | None = None) -> dict[str, Any]:
+        progress: bool = True, accelerator: Accelerator | None = None,
+        stop: StopFlag | None = None) -> dict[str, Any]:
     """Train ResNet18 on CIFAR-10 as `cfg` says into `run_dir` (default runs_dir/name); return the summary.
 
     callback:      called on every process after each epoch is logged (Tune reports here).
@@ -201,12 +280,14 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
                    a new one starts (so one command line serves the first start and every restart).
     data:          preloaded arrays (a search shares one copy among trials); default: read cfg.data_dir.
     evaluate_test: False in search trials: they select on validation only and never see the test set.
+    stop:          from `stop_on_signals`: once set (on any rank), training ends before the next step
+                   on every rank with `Preempted`; the current epoch is lost, nothing is half-written.
     """
     started = time.perf_counter()  # total_seconds counts start-up, evaluation and checkpoints too
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.name
     accelerator = accelerator or build_accelerator(cfg, run_dir)
     writer = RunWriter(run_dir, accelerator.is_main_process)
-    log = accelerator.print
+    log = functools.partial(_say, accelerator)
     finished = writer.start(cfg.to_dict(), resume)
     if finished is not None:
         log(f"{writer.run_dir} is already complete; nothing to resume")
@@ -232,22 +313,32 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         f"{meta['device']}, {meta['mixed_precision']} precision, global batch {cfg.batch_size}, "
         f"{meta['num_params']:,} parameters")
     tracking.start(cfg, accelerator, writer.run_dir, purge_step=state.epoch * steps_per_epoch + 1)
+    resume_epoch = state.epoch if checkpoints else 0  # what a --resume after a stop continues from
     try:
         summary = _train_and_test(cfg, accelerator, p, scheduler, writer, state, meta, callback, evaluate_test,
-                                  progress, started, previous_total)
+                                  progress, _stop_check(stop, accelerator), (started, previous_total, resume_epoch))
     finally:
         tracking.finish(accelerator)
     return summary
 
 
+
+
 def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler, writer: RunWriter,
                     state: TrainerState, meta: dict[str, Any], callback: EpochCallback | None, evaluate_test: bool,
-                    progress: bool, started: float, previous_total: float) -> dict[str, Any]:
-    """The epochs from `state` on, then the final weights, the test evaluation and the summary."""
-    log = accelerator.print
+                    progress: bool, should_stop, clock: tuple[float, float, int]) -> dict[str, Any]:
+    """The epochs from `state` on, then the final weights, the test evaluation and the summary.
+    clock: when this invocation started, the total seconds of earlier ones, and the epoch a resume
+    would continue from (so a stop can say it)."""
+    log = functools.partial(_say, accelerator)
+    started, previous_total, resume_epoch = clock
     for epoch in range(state.epoch, cfg.epochs):
         steps: list[dict[str, Any]] = []
-        row = {"epoch": epoch + 1, **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress, steps)}
+        try:
+            row = {"epoch": epoch + 1,
+                   **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress, steps, should_stop)}
+        except Preempted as e:  # add what a --resume continues from
+            raise Preempted(e.signal_name, e.epoch, resume_epoch) from None
         # Before the checkpoint: a kill after it is resumed from the previous checkpoint, whose
         # reset drops these rows, so no step is ever logged twice.
         writer.log_steps(steps)
@@ -261,6 +352,7 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         # Every rank takes the same branch (save_state synchronises them): it depends on the epoch only.
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         ckpt = writer.checkpoint(accelerator, state, cfg.keep_checkpoints) if due else None
+        resume_epoch = state.epoch if due else resume_epoch
         row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
         writer.log_epoch(row)
         tracking.log_epoch(accelerator, row, steps)

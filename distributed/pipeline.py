@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
 from torch import nn
 
 from distributed.augment import build_test_transform, build_train_transform
@@ -41,6 +42,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: str | Path | None = None) -> Ac
         from distributed.tracking import check_tracker
 
         check_tracker(cfg.log_with)
+    init_process_group()
     accelerator = Accelerator(
         mixed_precision=precision,
         dynamo_backend="inductor" if cfg.compile else None,
@@ -52,6 +54,39 @@ def build_accelerator(cfg: TrainConfig, run_dir: str | Path | None = None) -> Ac
     )
     check_launch(accelerator)
     return accelerator
+
+
+def init_process_group() -> None:
+    """Create the default process group of a torchrun / `accelerate launch` worker ourselves, on a
+    store namespace of its own per restart attempt; Accelerate then uses this group as it is.
+
+    Why: torchrun's static rendezvous (`--master-addr/--master-port`, also what `accelerate launch
+    --num_machines N` uses) keeps one TCPStore for the whole job, and a group restarted by
+    `--max-restarts` finds the keys its killed predecessor left there: gloo connects to the dead
+    ranks' addresses (`connectFullMesh ... Connection refused`, which uses up the restart) or the
+    store barrier of `init_process_group` counts stale arrivals and hangs. Prefixing every key with
+    TORCHELASTIC_RESTART_COUNT gives each attempt a clean namespace on the same store.
+
+    Does nothing outside a torchrun worker (single process, Ray Train, which has set up its own
+    group), when a group exists already, or on launches Accelerate would not run distributed
+    (no GPU and no ACCELERATE_USE_CPU: `check_launch` then explains the fix).
+    """
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if attempt is None or world_size < 2 or not dist.is_available() or dist.is_initialized():
+        return
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        backend = "gloo"
+    elif torch.cuda.is_available():
+        backend = "nccl"
+    else:
+        return
+    # What init_process_group(init_method="env://") does, plus the per-attempt prefix.
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"attempt_{attempt}/", store),
+                            rank=rank, world_size=world_size)
 
 
 def check_launch(accelerator: Accelerator) -> None:
@@ -69,13 +104,23 @@ def check_launch(accelerator: Accelerator) -> None:
 
 
 def auto_workers(cfg: TrainConfig, accelerator: Accelerator) -> int:
-    """DataLoader workers per process: the cores of this node shared among its processes."""
+    """DataLoader workers per process: the cores of this node shared among its processes.
+
+    A search trial is not on its own node: it sets `num_workers` from its Ray CPU reservation
+    (`workers_for_cores`) before it calls fit, so this host-wide rule is for train.py runs."""
     if cfg.num_workers >= 0:
         return cfg.num_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
-    # On a CPU-only run the main process needs the cores for the model; on GPU, feed it.
-    spare = per_process - 1 if accelerator.device.type != "cpu" else per_process // 2
+    return workers_for_cores(per_process, on_gpu=accelerator.device.type != "cpu")
+
+
+def workers_for_cores(cores: int, on_gpu: bool) -> int:
+    """DataLoader workers for a training process that may use `cores` CPU cores, at most 12.
+
+    On GPU the process itself needs one core to drive the GPU, the others feed it; on a CPU-only
+    run the model needs the cores as much as the loader, so half go to each."""
+    spare = cores - 1 if on_gpu else cores // 2
     return max(0, min(12, spare))
 
 
@@ -109,6 +154,24 @@ def eval_loader(cfg: TrainConfig, accelerator: Accelerator, images: np.ndarray, 
                        num_workers=min(workers, 2), drop_last=False, pin_memory=accelerator.device.type == "cuda")
 
 
+@contextmanager
+def once_per_disk(accelerator: Accelerator) -> Iterator[None]:
+    """Run the block on the global main process first, then on the first process of every other
+    node, then on all the others: what --data-dir needs, shared by all nodes or local to each.
+
+    `main_process_first` alone is right for a shared disk (rank 0 downloads, everyone else finds
+    the files), but on node-local disks all processes of another node start at once: one of them
+    downloads under the file lock while another already sees the first unpacked file and reads a
+    half-written folder. `local_main_process_first` alone is right for local disks, but on a shared
+    one the first process of every node downloads into the same folder at the same time (safe only
+    where the file lock works across machines). Nested, the first process of node 0 goes first;
+    the first one of each other node then finds the files (shared disk) or downloads its own copy
+    (local disk); the rest read a complete folder.
+    """
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        yield
+
+
 @dataclass
 class Pipeline:
     """Everything `fit` and the LR range test share: data, loaders, model, optimiser (prepared)."""
@@ -125,13 +188,14 @@ class Pipeline:
 
 
 def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays | None) -> Pipeline:
-    """Load data (once per node: main process first, so only one downloads), split, loaders, model."""
+    """Load data (downloaded once per disk: `once_per_disk`), split, loaders, model."""
     if data is None:
-        with accelerator.main_process_first():
+        with once_per_disk(accelerator):
             data = load_cifar10(cfg.data_dir, download=cfg.download)
     split = make_split(data.train_y, data.test_y, cfg.val_size, cfg.subset, cfg.test_subset)
-    # Statistics from the training images of this split only: nothing of val/test leaks in.
-    with accelerator.main_process_first():
+    # Statistics from the training images of this split only: nothing of val/test leaks in. Their
+    # cache (data_dir/cifar10_stats.json) lives on the same disk as the data: the same order.
+    with once_per_disk(accelerator):
         mean, std = channel_stats(data.train_x[split.train],
                                   cache_dir=Path(cfg.data_dir) if Path(cfg.data_dir).is_dir() else None)
     n = accelerator.num_processes

@@ -36,7 +36,11 @@
     runs/search-<name>/  (tuning/search.py)
       search.json        the search's own settings, its space, base config and summary
       results.csv        one row per trial, best validation accuracy first
-      trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json
+      trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json,
+                         attempts.jsonl (one line per start of the trial: node_ids and pids of its
+                         processes by rank, from_epoch its checkpoint, started) and, for a trial that
+                         ended itself as failed (diverged, or its sampled config was refused: a
+                         retry would fail again), failed.json ({"error": reason, "epoch"})
       best/              the best trial in the layout above, test-evaluated once
 
 `RunWriter` is the only code that writes these files (the search's own two, search.json and
@@ -74,6 +78,8 @@ RESULTS_CSV = "results.csv"
 TRIALS = "trials"
 BEST_TRIAL = "best"
 PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
+ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it resumed from
+FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -126,15 +132,17 @@ def read_json(path: Path) -> Any:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Per-epoch metrics of a run, in epoch order; a torn last line (killed mid-write) is skipped."""
-    return _read_jsonl(Path(run_dir) / METRICS)
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def read_steps(run_dir: Path) -> list[dict[str, Any]]:
     """Per-optimiser-step lr and loss of a run (steps.jsonl), in step order; empty for older runs."""
-    return _read_jsonl(Path(run_dir) / STEPS)
+    return read_jsonl(Path(run_dir) / STEPS)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file ([] when absent); a torn last line is skipped."""
+    path = Path(path)
     if not path.exists():
         return []
     rows = []
@@ -257,6 +265,17 @@ class RunWriter:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.path(PARAMS), params)
 
+    def log_attempt(self, row: dict[str, Any]) -> None:
+        """A search trial starting (first start, retry or restore): one line of attempts.jsonl."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._append(ATTEMPTS, [row])
+
+    def write_failure(self, error: str, epoch: int) -> None:
+        """failed.json: the trial ended itself as failed (the search records it as ERROR, no retry)."""
+        if self.is_main:
+            write_json(self.path(FAILED), {"error": error, "epoch": epoch})
+
     def reset_metrics(self, last_epoch: int) -> None:
         """Keep only the epochs a resumed checkpoint covers (all of them gone when starting over),
         in metrics.jsonl and steps.jsonl alike."""
@@ -265,7 +284,7 @@ class RunWriter:
         for name in (METRICS, STEPS):
             if not self.path(name).exists():
                 continue
-            rows = [r for r in _read_jsonl(self.path(name)) if r.get("epoch", 0) <= last_epoch]
+            rows = [r for r in read_jsonl(self.path(name)) if r.get("epoch", 0) <= last_epoch]
             with atomic_path(self.path(name)) as tmp:
                 tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
 
@@ -279,6 +298,7 @@ class RunWriter:
         self._append(STEPS, rows)
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """JSON lines, flushed to disk (a torn last line is skipped by its readers)."""
         if self.is_main and rows:
             with open(self.path(name), "a") as f:
                 f.write("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))

@@ -34,7 +34,8 @@ def ray_session():
     ray = pytest.importorskip("ray")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # "local": a Ray of its own, even when a `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -25,6 +25,12 @@ class SearchConfig:
     cpus_per_trial: float = opt(1.0, "CPUs reserved per trial process")
     workers_per_trial: int = opt(1, "DDP workers per trial (Ray Train TorchTrainer); "
                                     "gpus/cpus-per-trial are then per worker")
+    placement_strategy: str = opt("PACK", "where the workers of a DDP trial go: PACK (few nodes, fast "
+                                          "collectives), SPREAD, STRICT_PACK (one node), STRICT_SPREAD "
+                                          "(one node each)",
+                                  choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    max_trial_retries: int = opt(2, "times a trial whose worker process or node was lost is retried, from "
+                                    "its own last checkpoint (a trial whose loss diverged is never retried)")
     max_concurrent_trials: int = opt(0, "trials running at once (0: as many as the resources allow)")
     address: str | None = opt(None, "join a running Ray cluster (auto or HOST:PORT; None: start a local Ray)")
     num_cpus: int | None = opt(None, "CPUs a local Ray may use (None: all)")
@@ -58,6 +64,11 @@ class SearchConfig:
             raise bad("cpus-per-trial", self.cpus_per_trial, "must be > 0")
         if self.workers_per_trial < 1:
             raise bad("workers-per-trial", self.workers_per_trial, "must be >= 1")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise bad("placement-strategy", self.placement_strategy,
+                      "choose PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+        if self.max_trial_retries < 0:
+            raise bad("max-trial-retries", self.max_trial_retries, "must be >= 0")
         if self.max_concurrent_trials < 0:
             raise bad("max-concurrent-trials", self.max_concurrent_trials, "must be >= 0")
         if self.num_cpus is not None and self.num_cpus < 1:

@@ -27,7 +27,10 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
         best = max(vals, key=rundir.selection_key) if vals else None  # the epoch fit kept as best.safetensors
         epochs = rows[-1]["epoch"] if rows else 0
         last = result.metrics or {}
-        if result.error is not None:
+        failed = run_dir / rundir.FAILED
+        failure = rundir.read_json(failed)["error"] if failed.exists() else None
+        attempts = rundir.read_jsonl(run_dir / rundir.ATTEMPTS)
+        if failure is not None or result.error is not None:  # failure: it ended itself (diverged)
             status = "ERROR"
         elif last.get("done"):  # Tune marks the last result of a finished or ASHA-stopped trial
             status = "TERMINATED" if epochs >= max_epochs else "STOPPED"
@@ -38,7 +41,9 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
         trials.append({"trial_id": trial_id, "status": status, "epochs": epochs,
                        "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
                        "last_val_acc": vals[-1]["val_acc"] if vals else None, "params": params, "run_dir": run_dir,
-                       "error": _error_line(result.error) if result.error is not None else None})
+                       "error": failure or (_error_line(result.error) if result.error is not None else None),
+                       # where its last start ran (one node id per rank), and how often it started
+                       "node_ids": attempts[-1]["node_ids"] if attempts else [], "attempts": len(attempts)})
     trials.sort(key=lambda t: (t["best_val_acc"] is None, -(t["best_val_acc"] or 0.0), t["trial_id"]))
     return trials
 
@@ -100,10 +105,12 @@ def write_results_csv(path: Path, trials: list[dict[str, Any]], param_names: lis
     names = list(dict.fromkeys(param_names + [k for t in trials for k in t["params"]]))
     with rundir.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "status", "epochs", "best_val_acc", "best_epoch", "last_val_acc", *names, "error"])
+        w.writerow(["trial_id", "status", "epochs", "best_val_acc", "best_epoch", "last_val_acc", *names, "error",
+                    "node_ids", "attempts"])
         for t in trials:
             w.writerow([t["trial_id"], t["status"], t["epochs"], _fmt(t["best_val_acc"]), t["best_epoch"] or "",
-                        _fmt(t["last_val_acc"]), *[_fmt(t["params"].get(n)) for n in names], t["error"] or ""])
+                        _fmt(t["last_val_acc"]), *[_fmt(t["params"].get(n)) for n in names], t["error"] or "",
+                        " ".join(t.get("node_ids", [])), t.get("attempts", 0)])
 
 
 def _fmt(v: Any) -> Any:

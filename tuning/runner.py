@@ -41,6 +41,7 @@ class _TrialSetup:
     cpus: float
     gpus: float
     tune_checkpoints: bool = False
+    placement_strategy: str = "PACK"
 
 
 # ----------------------------------------------------------------------------- trial side
@@ -48,10 +49,16 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     """One Tune trial: its config, then `fit` in this process or DDP over `setup.workers` workers."""
     from ray import tune
 
+    from distributed.pipeline import workers_for_cores
+
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(setup.search_dir) / rundir.TRIALS / trial_id
     params = space_mod.trial_params(config)
     cfg = space_mod.apply_params(TrainConfig.from_dict(setup.base_config), params).replace(name=trial_id)
+    if cfg.num_workers < 0:
+        # Loader workers from what Ray reserved for each trial process, not from the host's cores
+        # (4 trials on a 16-core GPU node would otherwise start 12 workers each).
+        cfg = cfg.replace(num_workers=workers_for_cores(int(setup.cpus), on_gpu=setup.gpus > 0))
     RunWriter(run_dir).write_params(params)
     _restore_checkpoint(run_dir)
     job = {"cfg": cfg.to_dict(), "run_dir": str(run_dir), "data": [setup.data_ref],
@@ -69,13 +76,15 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
         _fit_and_report, train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=setup.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": setup.cpus,
-                                                                     **({"GPU": setup.gpus} if use_gpu else {})}),
+                                                                     **({"GPU": setup.gpus} if use_gpu else {})},
+                                               placement_strategy=setup.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # Lost workers are retried by Tune, as the whole trial (its run dir resumes it).
         run_config=ray.train.RunConfig(name=trial_id, storage_path=str(Path(setup.search_dir) / "ray-train"),
                                        callbacks=[TuneReportCallback()],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )
-    trainer.fit()  # raises TrainingFailedError when a worker raises: the Tune trial errors with it
+    trainer.fit()  # raises TrainingFailedError when a worker raises or is lost: the Tune trial errors with it
 
 
 def _fit_and_report(job: dict[str, Any]) -> None:
@@ -95,7 +104,7 @@ def _fit_and_report(job: dict[str, Any]) -> None:
         from ray import tune
 
         report = tune.report
-    from distributed.engine import EpochReport, fit
+    from distributed.engine import EpochReport, NonFiniteLossError, fit
 
     reported = []
 
@@ -108,13 +117,48 @@ def _fit_and_report(job: dict[str, Any]) -> None:
                checkpoint=ray.tune.Checkpoint.from_directory(str(r.checkpoint)) if copy else None)
 
     run_dir = Path(job["run_dir"])
-    fit(TrainConfig.from_dict(job["cfg"]), run_dir, callback=callback, resume=True,
-        data=ray.get(job["data"][0]), evaluate_test=False, progress=False)
+    writer = RunWriter(run_dir, _log_attempt(run_dir, job["ray_train"]))
+    try:
+        fit(TrainConfig.from_dict(job["cfg"]), run_dir, callback=callback, resume=True,
+            data=ray.get(job["data"][0]), evaluate_test=False, progress=False)
+    except (NonFiniteLossError, ConfigError) as e:
+        # Diverged (or a sampled config fit refuses): a retry would fail the same way. The trial
+        # ends here, recorded as failed, instead of raising, which Tune would retry like a lost
+        # worker (its FailureConfig cannot tell them apart). Every DDP rank gets here alike: the
+        # loss that diverged is the all-reduced one.
+        epochs = rundir.read_metrics(run_dir)
+        writer.write_failure(f"{type(e).__name__}: {e}", (epochs[-1]["epoch"] if epochs else 0) + 1)
+        # Tune wants its metric in a trial's last result; NaN ranks nowhere, and without "epoch"
+        # ASHA leaves it out of its rungs.
+        report({METRIC: float("nan"), "failed": True})
+        return
     rows = rundir.read_metrics(run_dir)
     if not reported and rows:
         # fit had already finished (killed after its last epoch, before Tune heard of it):
         # report the last logged epoch so Tune records a result for the trial.
         report(_metrics_for_tune(rows[-1]))
+
+
+def _log_attempt(run_dir: Path, ray_train: bool) -> bool:
+    """Record this start of the trial in attempts.jsonl: the Ray node and pid of each of its
+    processes (by rank; on one host two nodes share IP and hostname, so the node id it is), and
+    the epoch of the checkpoint it resumes from. Collective on DDP trials. True on rank 0."""
+    import ray
+
+    me = (ray.get_runtime_context().get_node_id(), os.getpid())
+    ranks, rank = [me], 0
+    if ray_train:
+        import torch.distributed as dist
+
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, me)
+        rank = dist.get_rank()
+    checkpoints = rundir.checkpoint_dirs(run_dir)
+    RunWriter(run_dir, rank == 0).log_attempt({
+        "node_ids": [r[0] for r in ranks], "pids": [r[1] for r in ranks],
+        "from_epoch": rundir.read_trainer_state(checkpoints[-1]).epoch if checkpoints else 0,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return rank == 0
 
 
 def _metrics_for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +240,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None)
             data = load_cifar10(base_cfg.data_dir, download=base_cfg.download)
         data_ref = ray.put(data)  # one copy in the object store; every trial (and DDP worker) ray.gets it
         setup = _TrialSetup(base_cfg.to_dict(), str(search_dir), data_ref, search.workers_per_trial,
-                            search.cpus_per_trial, search.gpus_per_trial, search.tune_checkpoints)
+                            search.cpus_per_trial, search.gpus_per_trial, search.tune_checkpoints,
+                            search.placement_strategy)
         trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), trial_resources(search))
         if search.resume:
             tuner = tune.Tuner.restore(str(ray_path), trainable, resume_unfinished=True,
@@ -256,7 +301,8 @@ def _search_settings(search: SearchConfig) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- Ray and Tune settings
 def init_ray(search: SearchConfig) -> bool:
-    """Start (or join) Ray with no dashboard and no usage stats; False if already initialised."""
+    """Start a local Ray, or join the cluster at `search.address`, with no dashboard and no usage
+    stats; False if Ray was already initialised. ConfigError when the cluster cannot be joined."""
     import ray
 
     if ray.is_initialized():
@@ -269,9 +315,19 @@ def init_ray(search: SearchConfig) -> bool:
                               "runtime_env": {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                            "RAY_TRAIN_V2_ENABLED": "1"}}}
     if search.address:
-        ray.init(address=search.address, **kwargs)
+        try:
+            ray.init(address=search.address, **kwargs)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+            # Ray 2.60 guards a cluster with a token when its head started while one existed; a
+            # driver joining by explicit address must bring it (Ray never sends it unasked).
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"--address {search.address}: cannot join the Ray cluster ({why}); check that "
+                              f"`ray start --head` runs there and give this process the cluster's token: "
+                              f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<the token file the nodes started with> "
+                              f"(README: Scaling out)") from None
     else:
-        ray.init(num_cpus=search.num_cpus, **kwargs)
+        # "local": always a Ray of our own; ray.init() would join a `ray start` cluster on this host.
+        ray.init(address="local", num_cpus=search.num_cpus, **kwargs)
     return True
 
 
@@ -332,6 +388,8 @@ def run_config(search_dir: Path, search: SearchConfig, params: list[str] | None 
         parameter_columns=params, max_report_frequency=30, sort_by_metric=True)
     return tune.RunConfig(
         name=RAY_DIR, storage_path=str(search_dir),
-        failure_config=tune.FailureConfig(max_failures=0),  # a failed trial stays failed; the search goes on
+        # A trial that raises (its worker process or node lost, or a bug) is retried from its own
+        # last checkpoint; one that diverged ends itself as failed without raising (_fit_and_report).
+        failure_config=tune.FailureConfig(max_failures=search.max_trial_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         progress_reporter=reporter, verbose=search.verbose)
