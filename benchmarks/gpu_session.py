@@ -240,7 +240,7 @@ def plan(o: Options) -> list[Step]:
 
 # ----------------------------------------------------------------------------- running one step
 def run_step(step: Step, argv: list[str], timeout: float, log_path: Path, env: dict[str, str]) -> tuple[int, str]:
-    """Run argv in its own process group, stdout+stderr to log_path. At the time box: SIGINT (a
+    """Run argv in a process group of its own, stdout+stderr to log_path. At the time box: SIGINT (a
     training or search stops cleanly and writes what it has), then SIGTERM, then SIGKILL to the
     group. Whatever ends it, the group is killed afterwards so no leftover (loader workers, Ray)
     holds the GPU into the next step. Returns (exit code, "ok" | "timeout")."""
@@ -248,8 +248,10 @@ def run_step(step: Step, argv: list[str], timeout: float, log_path: Path, env: d
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         try:
+            # Its own process group, but not its own session: the device tool ends a command's session when
+            # the command ends, so even a step left running by a killed session process cannot outlive the call.
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, process_group=0)
         except OSError as e:
             log.write(f"error: cannot start {argv[0]}: {e}\n")
             return 127, "ok"
@@ -590,7 +592,7 @@ def _say(msg: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, same steps, plus the pack check")
-    p.add_argument("--out", default=None, help="results folder (default: $OUT, else <work-dir>/out)")
+    p.add_argument("--out", default=None, help="results folder (default: $OUT, else <work-dir>/out-<time>)")
     p.add_argument("--work-dir", default="/tmp/gpu-session", help="runs and reports (one sub-folder per invocation)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $CIFAR_DIR, else data)")
     p.add_argument("--budget", type=float, default=None,
@@ -608,7 +610,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def options_from_args(args: argparse.Namespace) -> Options:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     work_root = Path(args.work_dir).resolve()
-    out = Path(args.out or os.environ.get("OUT") or work_root / "out").resolve()
+    out = Path(args.out or os.environ.get("OUT") or work_root / f"out-{stamp}").resolve()
     budget = args.budget if args.budget is not None else (3600.0 if args.dry_run else DEFAULT_BUDGET_S)
     o = Options(dry_run=args.dry_run, out=out, work=work_root / f"session-{stamp}",
                 data_dir=str(Path(args.data_dir or os.environ.get("CIFAR_DIR") or "data").resolve()),
