@@ -45,8 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def carry_size(root: Path, carry: str = ".gpu") -> dict:
     """Bytes the device tool would send: the files git tracks or would track (tracked, and untracked
     but not ignored; a symbolic link as a link), plus every file under the carried folder."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                            capture_output=True, check=True).stdout.decode()
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                                capture_output=True, check=True).stdout.decode()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"error: cannot list the files of {root} with git ({e}): the carry is what git tracks "
+                         f"or would track, so measure it in a git checkout") from None
     carry = carry.strip("/")
     sizes: list[tuple[int, str]] = []
     tree = 0
