@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-NAMES = ["bench_input", "bench_step", "bench_gradcam", "bench_ddp", "bench_search"]
+NAMES = ["bench_input", "bench_step", "bench_gradcam", "bench_ddp", "bench_search", "bench_tta", "gpu_smoke"]
 
 
 @pytest.mark.parametrize("name", NAMES)

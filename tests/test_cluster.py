@@ -132,7 +132,7 @@ def test_two_node_torchrun_trains_one_run_with_data_downloaded_once_per_node(two
     # One run directory, written once: by the main process, complete, nothing left half-written.
     assert [p.name for p in r.runs.iterdir()] == ["mn"]
     assert {p.name for p in r.run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoints", "best.safetensors",
-                                                 "model.safetensors", "predictions.npz", "summary.json"}
+                                                 "model.safetensors", "predictions.npz", "summary.json", "steps.jsonl"}
     assert _no_temp_files(r.run)
     summary = rundir.read_json(r.run / rundir.SUMMARY)
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True

@@ -1,0 +1,219 @@
+"""The README rows of a GPU session: reads its output folder (steps.jsonl, summary.json) and prints, per
+step, the command, the hardware, the date and the figure, so numbers reach README.md and
+benchmarks/README.md without hand copying.
+
+    python benchmarks/gpu_results.py /path/to/session-out          # the folder the device call returned
+
+A dry run's rows say so in every row: its figures come from tiny CPU runs and measure nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (none if it is missing); a line torn by a kill is skipped."""
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def load(out_dir: Path) -> tuple[dict, list[dict]]:
+    """summary.json (may be missing while a session runs) and the steps' JSON lines."""
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else {}
+    return summary, read_jsonl(out_dir / "steps.jsonl")
+
+
+def _pct(x: Any) -> str:
+    return "?" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: Any, fmt: str = ",.0f") -> str:
+    return "?" if x is None else format(x, fmt)
+
+
+def _met(ok: bool | None) -> str:
+    return "?" if ok is None else ("met" if ok else "**not met**")
+
+
+def _step(r: dict) -> tuple[str, str]:
+    mfu = f", MFU {r['ours_mfu']:.1%}" if r.get("ours_mfu") is not None else ""
+    return (f"ours {r['ours_step_s'] * 1e3:.2f} ms/step = {_num(r['ours_images_per_s'])} img/s{mfu}; bare loop "
+            f"{r['bare_step_s'] * 1e3:.2f} ms; ratio {r['ratio_ours_over_bare']:.3f} (batch {r['batch_size']})",
+            f"<= 1.05x bare: {_met(r['ratio_ours_over_bare'] <= 1.05)}; >= 60,000 img/s: "
+            f"{_met(r['ours_images_per_s'] >= 60_000)}")
+
+
+def _input(r: dict) -> tuple[str, str]:
+    gpu = (f"; GPU bf16 step eats {_num(r['gpu_step_images_per_s_bf16'])} img/s, loader/GPU {r['loader_over_gpu']:.2f}"
+           if r.get("loader_over_gpu") is not None else "")
+    return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
+            f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{gpu}",
+            f"loader/GPU >= 1: {_met(r['loader_over_gpu'] >= 1) if r.get('loader_over_gpu') is not None else '?'}")
+
+
+def _train(r: dict) -> tuple[str, str]:
+    done = "" if r.get("finished") else f" (unfinished: {r.get('epochs')} epochs)"
+    text = (f"test {_pct(r.get('test_acc'))}, best val {_pct(r.get('best_val_acc'))} (epoch {r.get('best_epoch')}); "
+            f"{_num(r.get('wall_seconds'), '.1f')} s training, {_num(r.get('total_seconds'), '.1f')} s in all; "
+            f"{_num(r.get('images_per_sec'))} img/s; median epoch {_num(r.get('median_epoch_s'), '.2f')} s "
+            f"(first {_num(r.get('first_epoch_s'), '.2f')} s); data wait {_pct(r.get('data_wait_frac_mean'))} mean, "
+            f"{_pct(r.get('data_wait_frac_max'))} max; validation {_num(r.get('eval_s_median'), '.2f')} s and "
+            f"checkpoint {_num(r.get('checkpoint_s_median'), '.2f')} s per epoch{done}")
+    acc, wall = r.get("test_acc"), r.get("wall_seconds")
+    return text, (f">= 94% test in 30 epochs: {_met(acc >= 0.94) if acc is not None else '?'}; <= 60 s: "
+                  f"{_met(wall <= 60) if wall is not None and r.get('finished') else '?'}")
+
+
+def _gradcam(r: dict) -> tuple[str, str]:
+    weights = "/".join(Path(r["weights"]).parts[-2:])  # runs/<name>/model.safetensors -> <name>/model.safetensors
+    return (f"ours {r['ours_s']:.2f} s vs grad-cam {r['lib_s']:.2f} s on {_num(r['num_images'])} images "
+            f"({weights}) -> {r['speedup']:.1f}x; max map difference {r['max_abs_diff']:.1e}",
+            f">= 10x: {_met(r['speedup'] >= 10)}; <= 1e-4: {_met(r['max_abs_diff'] <= 1e-4)}")
+
+
+def _tta(r: dict) -> tuple[str, str]:
+    return (f"validation {_pct(r['val_acc_plain'])} plain, {_pct(r['val_acc_tta'])} with mirror TTA "
+            f"({100 * r['tta_gain']:+.2f} points) on {r['val_count']} images; evaluation {r['eval_s_plain']:.2f} s vs "
+            f"{r['eval_s_tta']:.2f} s", "decides whether --tta becomes the default (validation only)")
+
+
+def _report(r: dict) -> tuple[str, str]:
+    return f"report built: {r['index']}, {r['figures']} figures, {r['bytes'] / 2**20:.1f} MiB", "-"
+
+
+def _search(r: dict) -> tuple[str, str]:
+    s = r.get("settings") or {}
+    rate = (f"; {r['trial_train_images'] / r['wall_seconds']:,.0f} training img/s over all trials"
+            if r.get("wall_seconds") else "")
+    full = 30 * 45_000
+    equiv = f" = {r['trial_train_images'] / full:.1f} full 30-epoch trainings of images" if r.get("trial_train_images") else ""
+    best = (f"; best val {_pct(r.get('best_val_acc'))} (epoch {r.get('best_epoch')}), its test {_pct(r.get('test_acc'))}"
+            if r.get("best_val_acc") is not None else "")
+    return (f"{r.get('trials', r.get('trials_started'))} trials (ASHA, max {r.get('max_epochs')} epochs, "
+            f"{s.get('gpus_per_trial')} GPU and {s.get('cpus_per_trial')} CPUs each), {r.get('status')}: "
+            f"{_num(r.get('wall_seconds'))} s; {r.get('completed', '?')} completed, {r.get('stopped', '?')} stopped "
+            f"early, {r.get('failed', '?')} failed; {r.get('trial_epochs')} trial-epochs{equiv}{rate}{best}",
+            "32 trials in a few trainings' time")
+
+
+def _smoke(r: dict) -> tuple[str, str]:
+    if r["bench"] == "smoke-ray":
+        return (f"Ray {r['ray']} sees {r['cluster_gpus']:g} GPU{' (pretend)' if r.get('pretend_gpu') else ''}; "
+                f"4 tasks of 0.25 GPU ran at once", "-")
+    return (f"torch {r['torch']} (CUDA {r.get('torch_cuda')}, cuDNN {r.get('cudnn')}): bf16 + channels_last "
+            f"forward/backward, pinned copies, a 1-epoch fit in {r.get('fit_s')} s ({r.get('fit_mixed_precision')})",
+            "-")
+
+
+def _pack(r: dict) -> tuple[str, str]:
+    reh = r.get("rehearsal") or {}
+    setup = (f"; setup.sh in Python {reh.get('python')}: {reh.get('setup_first_s')} s fresh, "
+             f"{reh.get('setup_warm_s')} s warm" if reh.get("python") else "")
+    return (f"{r['total_mib']} MiB travel ({r['tree_bytes'] / 2**20:.2f} tree + {r['carry_bytes'] / 2**20:.2f} "
+            f"{r['carry']}/){setup}", f"<= {r['limit_mib']} MiB: {_met(r['fits'])}")
+
+
+FORMATTERS: dict[str, Callable[[dict], tuple[str, str]]] = {
+    "step": _step, "input": _input, "gradcam": _gradcam, "tta": _tta, "smoke-torch": _smoke, "smoke-ray": _smoke,
+    "pack": _pack}
+
+
+def _figure(rec: dict) -> tuple[str, str]:
+    res = rec.get("result")
+    if rec["status"] == "skipped":
+        return f"not run: {rec.get('reason')}", "-"
+    if not res:
+        return f"**{rec['status']}**: {rec.get('error', 'no result')}", "-"
+    if rec["step"].startswith("train-"):
+        text, goal = _train(res)
+    elif rec["step"].startswith("report-"):
+        text, goal = _report(res)
+    elif rec["step"] == "search":
+        text, goal = _search(res)
+    else:
+        text, goal = FORMATTERS.get(res.get("bench", ""), lambda r: (json.dumps(r)[:300], "-"))(res)
+    if rec["status"] != "ok":
+        text = f"**{rec['status']}** ({rec.get('error')}); partial: {text}"
+    return text, goal
+
+
+def command_text(rec: dict, summary: dict) -> str:
+    """The command as a reader would type it: `python`, and $CIFAR_DIR / $WORK for this session's folders."""
+    argv = [str(a) for a in rec.get("command") or []]
+    if not argv:
+        return "-"
+    subs = [(summary.get("work") or "\0", "$WORK"), (summary.get("data_dir") or "\0", "$CIFAR_DIR"),
+            ((summary.get("root") or "\0") + "/", "")]
+    out = ["python"]
+    for a in argv[1:]:
+        for old, new in subs:
+            a = a.replace(old, new)
+        out.append(a)
+    return "`" + " ".join(out) + "`"
+
+
+def hardware(summary: dict) -> str:
+    m = summary.get("machine") or {}
+    if summary.get("session") == "dry-run":
+        return f"dry run on {m.get('cpu', 'CPU')}: tiny sizes, not a measurement"
+    gpu = m.get("device_name") or "GPU ?"
+    return f"1 x {gpu}, {m.get('cpu', 'CPU ?')}, torch {m.get('torch', '?')}"
+
+
+def rows(summary: dict, records: list[dict]) -> list[str]:
+    """Markdown table rows, one per step, in the order they ran."""
+    hw = hardware(summary)
+    dry = summary.get("session") == "dry-run"
+    out = ["| step | command | hardware | date | result | goal |", "| --- | --- | --- | --- | --- | --- |"]
+    for rec in records:
+        text, goal = _figure(rec)
+        if rec.get("label"):
+            text += f" ({rec['label']})"
+        date = (rec.get("started") or "")[:10]
+        if dry and goal != "-":
+            goal = "no verdict: dry run"
+        out.append(f"| {rec['step']} | {command_text(rec, summary)} | {hw} | {date} | {text} | {goal} |")
+    return out
+
+
+def render(out_dir: Path) -> str:
+    summary, records = load(out_dir)
+    lines = [f"# GPU session: {summary.get('session', '?')}, {summary.get('status', '?')}", "",
+             f"Started {summary.get('started', '?')}, {summary.get('elapsed_s', '?')} s of a {summary.get('budget_s', '?')} s "
+             f"budget. Hardware: {hardware(summary)}.", ""]
+    lines += rows(summary, records)
+    skipped = summary.get("skipped") or []
+    if skipped or summary.get("pending"):
+        lines += ["", "Not run:"] + [f"- {s['step']}: {s['reason']}" for s in skipped]
+        lines += [f"- {p}: not reached" for p in summary.get("pending") or []]
+    if summary.get("notes"):
+        lines += ["", "Notes:"] + [f"- {n}" for n in summary["notes"]]
+    if summary.get("estimate_basis"):
+        lines += ["", f"Estimates in steps.jsonl (`estimate_s`): {summary['estimate_basis']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_dir", type=Path, help="a GPU session's output folder (steps.jsonl, summary.json)")
+    args = p.parse_args(argv)
+    if not (args.out_dir / "steps.jsonl").exists():
+        print(f"error: {args.out_dir} holds no steps.jsonl: give the folder a GPU session wrote", file=sys.stderr)
+        return 2
+    print(render(args.out_dir), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The GPU session script (benchmarks/gpu_session.py): its dry run executes every step of the real plan
+at tiny size on the CPU, so a flag or output that drifts fails here and not on a scarce GPU; and its
+runner keeps its promises: a time box that kills the whole process group, skips with reasons, and
+results on disk after every step, within what the device tool returns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_pack_check  # noqa: E402
+import gpu_results  # noqa: E402
+import gpu_session  # noqa: E402
+
+
+def _device_tool_returns(out: Path) -> None:
+    """What `$OUT` may hold for the device tool to return it: at most 8 files of at most 16 MiB, at most
+    two folders down, named in letters, digits, '.', '_' and '-'."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8, [p.name for p in files]
+    for p in files:
+        rel = p.relative_to(out)
+        assert len(rel.parts) <= 3 and all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in rel.parts), rel
+        assert p.stat().st_size <= 16 * 2**20, (rel, p.stat().st_size)
+
+
+# Steps whose command is another step's with other values (tested below): the dry run in CI leaves them
+# out to save a CPU minute; `python benchmarks/gpu_session.py --dry-run` by hand runs them all.
+VARIANTS = {"train-seed1": "train-seed0", "train-seed2": "train-seed0", "step-compile": "step-bf16",
+            "input-slowest": "input"}
+
+
+def _dry_plan() -> dict[str, "gpu_session.Step"]:
+    o = gpu_session.options_from_args(gpu_session.parse_args(["--dry-run", "--work-dir", "/w", "--data-dir", "/d"]))
+    return {s.name: s for s in gpu_session.plan(o)}
+
+
+def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
+    """The whole session, tiny, on CPU: every distinct step of the GPU plan runs and gives its figures,
+    and the output folder holds what the device tool would bring back, without weights or checkpoints."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_session.py"), "--dry-run", "--data-dir", str(fake_cifar),
+                           "--work-dir", str(work), "--out", str(out), "--skip", ",".join(VARIANTS)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3700)
+    records = {r["step"]: r for r in map(json.loads, (out / "steps.jsonl").read_text().splitlines())}
+    failed = {k: r.get("error") for k, r in records.items() if r["status"] != "ok" and k not in VARIANTS}
+    assert failed == {}, f"{failed}\n{proc.stdout[-3000:]}\n{(out / 'session.log').read_text()[-6000:]}"
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    plan = list(_dry_plan())
+    assert list(records) == plan  # every step, in the plan's order
+    assert {k: records[k]["reason"] for k in VARIANTS} == {k: "skipped (--skip)" for k in VARIANTS}
+
+    res = {k: r["result"] for k, r in records.items()}
+    assert res["pack"]["tree_bytes"] > 0 and res["pack"]["fits"]
+    assert res["smoke-torch"]["ok"] and res["smoke-torch"]["fit_mixed_precision"] == "no"
+    assert all(t["all_four_at_once"] for t in res["smoke-ray"]["tasks"]) and res["smoke-ray"]["pretend_gpu"]
+    assert res["step-bf16"]["bf16"] and res["step-bf16"]["channels_last"] and res["step-bf16"]["ours_step_s"] > 0
+    assert res["input"]["ours_images_per_s"] > 0
+    run = res["train-seed0"]
+    assert run["finished"] and run["epochs"] == 1 and run["test_acc"] is not None, run
+    assert run["checkpoint_s_median"] is not None and run["data_wait_frac_mean"] is not None
+    assert res["report-seed0"]["figures"] > 0
+    assert "model.safetensors" in res["gradcam"]["weights"] and res["gradcam"]["max_abs_diff"] <= 1e-4
+    assert res["tta-val"]["val_count"] == 20 and res["tta-val"]["val_acc_tta"] is not None
+    search = res["search"]
+    assert search["status"] == "finished" and search["trials"] == 2 and search["trial_epochs"] >= 2, search
+    assert search["test_acc"] is not None
+
+    _device_tool_returns(out)
+    with tarfile.open(out / "session.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("runs/seed0/metrics.jsonl") for n in names)
+    assert any(n.endswith("runs/search-session/results.csv") for n in names)
+    assert any(n.endswith("logs/train-seed0.log") for n in names) and any(n.endswith(".html") for n in names)
+    left_in = [n for n in names if n.endswith(gpu_session.EXCLUDE_SUFFIXES) or "/checkpoints/" in n]
+    assert left_in == []
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["session"] == "dry-run"
+    md = (out / "summary.md").read_text()
+    assert all(f"| {name} | `python " in md for name in plan if name not in VARIANTS), md
+    assert all(f"| {name} | - |" in md and f"- {name}: skipped (--skip)" in md for name in VARIANTS), md
+    assert "not a measurement" in md and "**not met**" not in md  # a dry run gives no verdicts
+    assert "$CIFAR_DIR" in md and str(work) not in md
+
+
+def test_the_steps_left_out_of_the_ci_dry_run_are_variants_of_steps_it_runs():
+    """Each left-out step runs its sibling's command with other values only, and collects alike."""
+    steps = _dry_plan()
+
+    def argv(name: str) -> list[str]:
+        return steps[name].argv({})
+
+    seed0 = argv("train-seed0")
+    for seed in (1, 2):
+        name = f"train-seed{seed}"
+        expected = list(seed0)
+        expected[seed0.index("--name") + 1], expected[seed0.index("--seed") + 1] = name[len("train-"):], str(seed)
+        assert argv(name) == expected
+        assert (steps[name].collect, steps[name].target) == ("run", f"runs/seed{seed}")
+    assert sorted(argv("step-compile")) == sorted(argv("step-bf16") + ["--compile"])
+    assert sorted(argv("input-slowest")) == sorted(argv("input") + ["--affine-p", "1", "--color-p", "1"])
+    assert all(steps[k].collect == steps[v].collect and steps[k].needs == steps[v].needs for k, v in VARIANTS.items())
+
+
+# ----------------------------------------------------------------------------- the runner, on a fake plan
+PY = sys.executable
+
+
+def _step(name: str, code: str, **kw) -> "gpu_session.Step":
+    kw.setdefault("box_s", 30)
+    kw.setdefault("min_s", 1)
+    return gpu_session.Step(name, f"test step {name}", lambda d, c=code: [PY, "-c", c], estimate_s=None, **kw)
+
+
+def _json_step(name: str, value: int = 1, **kw) -> "gpu_session.Step":
+    return _step(name, f"import json; print(json.dumps({{'bench': 'fake', 'value': {value}}}))", **kw)
+
+
+def _options(tmp_path: Path, budget: float = 300) -> "gpu_session.Options":
+    return gpu_session.Options(dry_run=False, out=tmp_path / "out", work=tmp_path / "work" / "session-x",
+                               data_dir=str(tmp_path), budget_s=budget, python=PY)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_runner_boxes_skips_and_writes_after_every_step(tmp_path, monkeypatch):
+    """A hang is stopped at its box with its whole process group (a grandchild too), a step that needs
+    it is skipped with the reason, an unrelated step still runs, a failure is recorded with its error
+    line, a step that no longer fits the budget is skipped, and each step's line, the summary and the
+    archive are on disk before the next step starts."""
+    def leave_grandchild(then: str) -> str:  # one that ignores SIGINT and SIGTERM: only SIGKILL ends it
+        pid_file = tmp_path / f"grandchild{len(pids)}.pid"
+        pids.append(pid_file)
+        return (f"import subprocess, time; p = subprocess.Popen(['bash', '-c', 'trap \"\" INT TERM; sleep 600']); "
+                f"open({str(pid_file)!r}, 'w').write(str(p.pid)); {then}")
+
+    pids: list[Path] = []
+    seen_before_third: dict = {}
+
+    def peek(done):
+        out = tmp_path / "out"
+        seen_before_third["lines"] = [json.loads(x)["step"] for x in (out / "steps.jsonl").read_text().splitlines()]
+        seen_before_third["archive"] = (out / "session.tar.gz").exists()
+        seen_before_third["summary"] = json.loads((out / "summary.json").read_text())["steps"]
+        return [PY, "-c", "import json; print(json.dumps({'bench': 'fake', 'value': 3}))"]
+
+    steps = [
+        _step("first", leave_grandchild("import json; print(json.dumps({'bench': 'fake', 'value': 1}))")),
+        _step("hang", leave_grandchild("time.sleep(600)"), box_s=3, grace_s=1),
+        gpu_session.Step("third", "peeks at the output folder", peek, 30, 1, None),
+        _json_step("after-hang", needs=("hang",)),
+        _step("fails", "import sys; print('error: the thing broke'); sys.exit(3)"),
+        _json_step("too-big", min_s=10_000),
+    ]
+    monkeypatch.setattr(gpu_session, "plan", lambda o: steps)
+    summary = gpu_session.Session(_options(tmp_path)).run()
+
+    status = {s["step"]: s["status"] for s in summary["steps"]}
+    assert status == {"first": "ok", "hang": "timeout", "third": "ok", "after-hang": "skipped", "fails": "failed",
+                      "too-big": "skipped"}
+    reasons = {s["step"]: s["reason"] for s in summary["skipped"]}
+    assert reasons["after-hang"] == "needs hang, which timeout" and reasons["too-big"].startswith("budget:")
+    assert next(s["seconds"] for s in summary["steps"] if s["step"] == "hang") < 300  # not its 600 s sleep
+    errors = {s["step"]: s["error"] for s in summary["steps"] if s.get("error")}
+    assert errors["fails"] == "rc 3: error: the thing broke" and "box" in errors["hang"]
+    for pid_file in pids:  # after a clean exit and after a time box alike
+        assert not _alive(int(pid_file.read_text())), f"{pid_file.stem} outlived its step"
+
+    assert seen_before_third["lines"] == ["first", "hang"] and seen_before_third["archive"]
+    assert [s["step"] for s in seen_before_third["summary"]] == ["first", "hang"]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [s.name for s in steps] and lines[0]["result"]["value"] == 1
+    _device_tool_returns(tmp_path / "out")
+
+
+def test_a_failed_critical_step_ends_the_session(tmp_path, monkeypatch):
+    steps = [_step("smoke", "import sys; sys.exit('smoke torch failed: no CUDA device')", critical=True),
+             _json_step("next")]
+    monkeypatch.setattr(gpu_session, "plan", lambda o: steps)
+    summary = gpu_session.Session(_options(tmp_path)).run()
+    assert [s["status"] for s in summary["steps"]] == ["failed", "skipped"]
+    assert summary["skipped"][0]["reason"] == "not run: the critical step smoke failed"
+    assert "no CUDA device" in summary["steps"][0]["error"]
+
+
+def test_bad_session_flags_get_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown step\(s\) nope; the steps are: .*train-seed0"):
+        gpu_session.options_from_args(gpu_session.parse_args(["--steps", "train-seed0,nope"]))
+    with pytest.raises(SystemExit, match="--budget -5 must be > 0"):
+        gpu_session.options_from_args(gpu_session.parse_args(["--budget", "-5"]))
+    with pytest.raises(SystemExit, match=r"no CIFAR-10 in .*source \.gpu/setup\.sh"):
+        gpu_session.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_the_default_plan_fits_one_device_call():
+    """The GPU plan: its priority steps' estimates fit the default budget with the search, the budget
+    leaves a minute of a 600 s call for set-up and margin, and the estimates are labelled as such."""
+    o = gpu_session.options_from_args(gpu_session.parse_args([]))
+    assert o.budget_s + 30 + 45 <= 600  # set-up (~30 s fresh) and the search's kill grace
+    steps = gpu_session.plan(o)
+    names = [s.name for s in steps]
+    assert names[:5] == ["smoke-torch", "smoke-ray", "step-bf16", "input", "train-seed0"]
+    before_search = sum(s.estimate_s for s in steps[:names.index("search") + 1])
+    assert before_search < o.budget_s
+    assert all(s.box_s >= 1.5 * s.estimate_s for s in steps)  # an estimate off by half still fits its box
+    assert "ESTIMATES" in gpu_session.estimates_note().upper()
+    assert gpu_session.asha_trial_epochs(32, 10, 1, 2) == 84  # 16x1 + 8x2 + 4x4 + 2x8 + 2x10
+
+
+# ----------------------------------------------------------------------------- the carry
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_carry_size_counts_what_the_device_tool_sends(tmp_path, monkeypatch):
+    """Tracked and untracked-but-not-ignored files and the carried folder count; ignored files (a venv,
+    data) do not; a symbolic link counts as a link, not as what it points to."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / ".gitignore").write_text(".gpu/\n.venv/\n")
+    (repo / "tracked.py").write_bytes(b"x" * 1000)
+    _git(repo, "add", ".gitignore", "tracked.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (repo / "untracked.txt").write_bytes(b"y" * 500)
+    (repo / ".venv").mkdir()
+    (repo / ".venv" / "big.bin").write_bytes(b"z" * 3_000_000)
+    (repo / ".gpu" / "whl").mkdir(parents=True)
+    (repo / ".gpu" / "setup.sh").write_bytes(b"s" * 100)
+    (repo / ".gpu" / "whl" / "a.whl").write_bytes(b"w" * 2000)
+    (repo / "data").symlink_to(repo / ".venv")  # like the worktree's data -> CIFAR copy
+    size = gpu_pack_check.carry_size(repo, ".gpu")
+    link = len(str(repo / ".venv"))
+    gitignore = len(".gpu/\n.venv/\n")
+    assert size["tree_bytes"] == 1000 + 500 + gitignore + link
+    assert size["carry_bytes"] == 2100 and size["total_bytes"] == size["tree_bytes"] + 2100 and size["fits"]
+    assert size["missing_pack_files"] == ["ray.tar.xz", "make_cifar10.py", "cifar10-jpeg.tar.xz"]
+    monkeypatch.setattr(gpu_pack_check, "CARRY_LIMIT", 2000)
+    assert not gpu_pack_check.carry_size(repo, ".gpu")["fits"]
+
+
+def test_pack_check_of_this_checkout(capsys):
+    """This checkout's tree is measured; without .gpu/ (CI) the check says to build it and passes, with
+    it (a developer's checkout after pack.sh) the whole carry must fit."""
+    try:
+        gpu_pack_check.main([])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    res = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert res["tree_bytes"] > 0
+    assert code == (0 if res["fits"] and not res["missing_pack_files"] else 1)
+    if not res["carry_present"]:
+        assert "pack.sh" in res["notes"][0]
+
+
+# ----------------------------------------------------------------------------- the results writer
+def _write_session(out: Path, records: list[dict], session: str = "gpu") -> None:
+    out.mkdir(parents=True)
+    (out / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "summary.json").write_text(json.dumps({
+        "session": session, "status": "finished", "started": "2026-12-01T10:00:00Z", "elapsed_s": 480.2,
+        "budget_s": 510, "work": "/tmp/gpu-session/session-1", "data_dir": "/tmp/data", "root": "/repo",
+        "machine": {"cpu": "Intel Xeon (16 cores)", "device_name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130"},
+        "skipped": [{"step": "train-seed1", "reason": "budget: 40 s left, the step needs at least 150 s"}],
+        "notes": ["search: 32 trials with ASHA capped at 10 epochs"]}))
+
+
+def test_results_writer_prints_readme_rows(tmp_path, capsys):
+    step = {"bench": "step", "ours_step_s": 0.0080, "bare_step_s": 0.0079, "ours_images_per_s": 64000.0,
+            "ratio_ours_over_bare": 1.012, "batch_size": 512, "ours_mfu": 0.2155}
+    train = {"finished": True, "epochs": 30, "test_acc": 0.9412, "best_val_acc": 0.9440, "best_epoch": 30,
+             "wall_seconds": 71.5, "total_seconds": 90.1, "images_per_sec": 61000.0, "median_epoch_s": 2.3,
+             "first_epoch_s": 6.1, "data_wait_frac_mean": 0.03, "data_wait_frac_max": 0.2, "eval_s_median": 0.2,
+             "checkpoint_s_median": 0.35}
+    records = [
+        {"step": "step-bf16", "status": "ok", "started": "2026-12-01T10:01:00Z", "result": step,
+         "command": ["/opt/torch/.venv/bin/python3", "benchmarks/bench_step.py", "--bf16", "--device", "cuda"]},
+        {"step": "train-seed0", "status": "ok", "started": "2026-12-01T10:02:00Z", "result": train,
+         "command": ["/usr/bin/python3", "distributed/train.py", "--data-dir", "/tmp/data", "--runs-dir",
+                     "/tmp/gpu-session/session-1/runs", "--name", "seed0"]},
+        {"step": "gradcam", "status": "failed", "started": "2026-12-01T10:04:00Z", "result": None,
+         "error": "rc 1: RuntimeError: CUDA out of memory", "command": ["python3", "benchmarks/bench_gradcam.py"]},
+        {"step": "train-seed1", "status": "skipped", "reason": "budget: 40 s left", "started": "2026-12-01T10:09:00Z"},
+    ]
+    _write_session(tmp_path / "out", records)
+    assert gpu_results.main([str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    hw = "1 x NVIDIA H100 80GB HBM3, Intel Xeon (16 cores), torch 2.11.0+cu130"
+    assert rows["step-bf16"].startswith(f"| step-bf16 | `python benchmarks/bench_step.py --bf16 --device cuda` | {hw} | "
+                                        f"2026-12-01 | ours 8.00 ms/step = 64,000 img/s, MFU 21.6%")
+    assert "ratio 1.012" in rows["step-bf16"] and "<= 1.05x bare: met; >= 60,000 img/s: met" in rows["step-bf16"]
+    assert ("`python distributed/train.py --data-dir $CIFAR_DIR --runs-dir $WORK/runs --name seed0`"
+            in rows["train-seed0"])
+    assert "test 94.12%" in rows["train-seed0"] and "71.5 s training, 90.1 s in all" in rows["train-seed0"]
+    assert ">= 94% test in 30 epochs: met; <= 60 s: **not met**" in rows["train-seed0"]
+    assert "**failed**: rc 1: RuntimeError: CUDA out of memory" in rows["gradcam"]
+    assert "not run: budget: 40 s left" in rows["train-seed1"]
+    assert "- train-seed1: budget: 40 s left, the step needs at least 150 s" in text
+    assert "32 trials with ASHA capped at 10 epochs" in text
+
+    assert gpu_results.main([str(tmp_path)]) == 2
+    assert "holds no steps.jsonl" in capsys.readouterr().err
