@@ -33,7 +33,7 @@ from distributed.config import TrainConfig
 from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
 from distributed.model import count_parameters, unwrap
 from distributed.pipeline import (Pipeline, auto_workers, build_accelerator, build_model, build_pipeline,
-                                  build_scheduler, eval_loader)
+                                  build_scheduler, eval_loader, progress_bar)
 from distributed.rundir import RunWriter, TrainerState
 
 
@@ -69,13 +69,9 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
     seen, wait, lr, start = 0, 0.0, 0.0, time.perf_counter()
-    bar = None
-    if progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-        # disable=None: no bar when stderr is not a terminal (batch logs keep only the epoch lines).
-        bar = tqdm(total=len(p.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   dynamic_ncols=True, disable=None)
-        bar = None if bar.disable else bar  # and no .item() syncs for a bar nobody sees
+    bar = progress_bar(len(p.train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress and accelerator.is_main_process)
+    # .item() syncs with a GPU: there the loss/accuracy shown are refreshed every 10 steps only.
+    every = 1 if accelerator.device.type == "cpu" else 10
     t0 = time.perf_counter()
     for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
         wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
@@ -92,12 +88,12 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (out.detach().argmax(1) == y).sum()
         seen += y.shape[0]
-        if bar is not None and (step % 10 == 0 or step == len(p.train_loader) - 1):
-            # .item() syncs with the GPU: only every 10 steps, on the main process.
-            rate = seen * accelerator.num_processes / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{rate:,.0f}")
-            bar.update(step + 1 - bar.n)
+        if bar is not None:
+            if step % every == 0 or step == len(p.train_loader) - 1:
+                rate = seen * accelerator.num_processes / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
         t0 = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -106,22 +102,26 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     elapsed = time.perf_counter() - start
     loss_total, correct_total, n_total = totals.tolist()
     if not math.isfinite(loss_total):
-        raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr")
+        raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr "
+                                 f"(this run: {cfg.effective_max_lr:.3g}) or let --find-lr choose it")
     return {"train_loss": loss_total / n_total, "train_acc": correct_total / n_total,
             "epoch_seconds": elapsed, "images_per_sec": n_total / elapsed,
             "data_wait_frac": wait / elapsed, "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False,
+             progress: str | None = None) -> dict[str, Any]:
     """Loss/accuracy over a prepared loader; `gather_for_metrics` drops the padding DDP adds,
     so every image counts exactly once whatever the batch size and number of processes.
 
     tta: average the logits of each image and its horizontal mirror (`--tta`).
+    progress: the label of a progress bar (main process, terminal only); None: no bar.
     """
     was_training = model.training
     model.eval()
     logits, labels, indices = [], [], []
+    bar = progress_bar(len(loader), progress, progress is not None and accelerator.is_main_process)
     for x, y, idx in loader:
         out = model(x).float()
         if tta:
@@ -130,6 +130,10 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
         logits.append(out)
         labels.append(y)
         indices.append(idx)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     logits, labels, indices = torch.cat(logits), torch.cat(labels), torch.cat(indices)
     return {"loss": F.cross_entropy(logits, labels).item(),
@@ -139,15 +143,49 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
 
 
 def _validate_and_step(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler,
-                       row: dict[str, Any]) -> None:
+                       row: dict[str, Any], progress: bool = True) -> None:
     """Validation loss/accuracy into `row` (None without a split), then the per-epoch schedules."""
     t_eval = time.perf_counter()
-    val = evaluate(p.model, p.val_loader, accelerator, cfg.tta) if p.val_loader is not None else None
+    bar = "validating" if progress else None
+    val = evaluate(p.model, p.val_loader, accelerator, cfg.tta, bar) if p.val_loader is not None else None
     row.update(val_loss=val and val["loss"], val_acc=val and val["acc"], eval_seconds=time.perf_counter() - t_eval)
     if cfg.scheduler == "plateau":
         scheduler.step(row["val_acc"] if val else row["train_acc"])
     elif cfg.scheduler == "step":
         scheduler.step()
+
+
+# A loss this many times the chance-level loss ln(classes) is not a slow start but divergence; the
+# accuracy test waits for the warm-up, whose rising learning rate may disturb the first epochs.
+EXPLODED_LOSS_FACTOR = 10.0
+CHANCE_MARGIN = 1.2
+
+
+def warmup_epochs(cfg: TrainConfig) -> int:
+    """Epochs of OneCycle's warm-up (rounded up); 1 for the other schedules, so that the first,
+    noisiest epoch is never judged."""
+    return max(1, math.ceil(cfg.pct_start * cfg.epochs)) if cfg.scheduler == "onecycle" else 1
+
+
+def divergence_warning(cfg: TrainConfig, row: dict[str, Any], num_classes: int) -> str | None:
+    """One line when an epoch looks diverged though its loss is finite (a NaN loss raises instead):
+    the validation loss (training loss without a split) has exploded, at any epoch, or after the
+    warm-up both accuracies sit at chance (1/classes). None when the epoch looks healthy.
+
+    Only a warning: in a search such a trial is an ordinary weak trial that ASHA stops.
+    """
+    split = "val" if row.get("val_acc") is not None else "train"
+    loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
+    chance_loss = math.log(num_classes)
+    fix = f"lower --max-lr (this run: {cfg.effective_max_lr:.3g}) or let --find-lr choose it"
+    if loss > EXPLODED_LOSS_FACTOR * chance_loss:
+        return (f"warning: {split} loss {loss:.4g} has exploded (a model that guesses scores {chance_loss:.2f}): "
+                f"training is diverging; {fix}")
+    chance = CHANCE_MARGIN / num_classes
+    if row["epoch"] > warmup_epochs(cfg) and acc <= chance and row["train_acc"] <= chance:
+        return (f"warning: {split} accuracy {acc:.3f} is still at chance (1/{num_classes}) after the warm-up: "
+                f"training has likely diverged; {fix}")
+    return None
 
 
 def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
@@ -160,7 +198,8 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the run
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochCallback | None = None,
         resume: bool = False, data: CifarArrays | None = None, evaluate_test: bool = True,
-        progress: bool = True, accelerator: Accelerator | None = None) -> dict[str, Any]:
+        progress: bool = True, accelerator: Accelerator | None = None,
+        cli_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ResNet18 on CIFAR-10 as `cfg` says into `run_dir` (default runs_dir/name); return the summary.
 
     callback:      called on every process after each epoch is logged (Tune reports here).
@@ -168,6 +207,12 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
                    a new one starts (so one command line serves the first start and every restart).
     data:          preloaded arrays (a search shares one copy among trials); default: read cfg.data_dir.
     evaluate_test: False in search trials: they select on validation only and never see the test set.
+    progress:      progress bars on a terminal (train.py); a search trial's output goes to a file.
+    cli_options:   command-line choices that are not config fields (e.g. --no-report), kept in
+                   config.json under "cli" so that `--resume` remembers them.
+
+    The run directory is created when the first epoch ends: a run that fails or is stopped before
+    that leaves nothing behind, and its name stays free.
     """
     started = time.perf_counter()  # total_seconds counts start-up, evaluation and checkpoints too
     accelerator = accelerator or build_accelerator(cfg)
@@ -183,23 +228,25 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     p = build_pipeline(cfg, accelerator, data)
     scheduler = build_scheduler(cfg, p.optimizer, len(p.train_loader))
     accelerator.register_for_checkpointing(scheduler)
-    meta = run_meta(cfg, accelerator, p)
-    writer.write_config(meta)
+    meta = {**run_meta(cfg, accelerator, p), **({"cli": cli_options} if cli_options else {})}
     checkpoints = rundir.checkpoint_dirs(writer.run_dir) if resume else []
     state = rundir.read_trainer_state(checkpoints[-1]) if checkpoints else TrainerState()
     if checkpoints:
         accelerator.load_state(str(checkpoints[-1]))
         log(f"resumed {writer.run_dir} from epoch {state.epoch}")
+    elif resume and writer.path(rundir.CONFIG).exists():
+        log(f"{writer.run_dir}: starting over: no checkpoint yet")
     writer.reset_metrics(state.epoch)
     accelerator.wait_for_everyone()
     previous_total = state.total_seconds  # earlier invocations, up to their last checkpoint
     log(f"{writer.run_dir}: {len(p.split.train)} train / {len(p.split.val)} val / {len(p.split.test)} test images, "
         f"{meta['device']}, {meta['mixed_precision']} precision, global batch {cfg.batch_size}, "
-        f"{meta['num_params']:,} parameters")
+        f"max_lr {cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()}), {meta['num_params']:,} parameters")
 
     for epoch in range(state.epoch, cfg.epochs):
         row = {"epoch": epoch + 1, **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress)}
-        _validate_and_step(cfg, accelerator, p, scheduler, row)
+        _validate_and_step(cfg, accelerator, p, scheduler, row, progress)
+        writer.write_config(meta)  # the run directory appears with its first finished epoch
         state.wall_seconds += row["epoch_seconds"]
         row["wall_seconds"] = state.wall_seconds
         t_save = time.perf_counter()
@@ -212,6 +259,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
         writer.log_epoch(row)
         log(_epoch_line(cfg, row))
+        warning = divergence_warning(cfg, row, p.num_classes)
+        if warning:
+            log(warning)
         if callback is not None:
             callback(EpochReport(epoch + 1, row, writer.run_dir, ckpt, accelerator.is_main_process))
 
@@ -220,7 +270,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
         log("warning: model weights differ between processes; the distributed setup is broken")
     writer.save_final(accelerator.unwrap_model(p.model))
     # The test set is touched once, at the end, by the final weights: it selects nothing.
-    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta) if evaluate_test else None
+    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta, "testing" if progress else None) \
+        if evaluate_test else None
     summary = writer.finish(meta, test, ranks_in_sync=in_sync,
                             total_seconds=previous_total + time.perf_counter() - started)
     test_txt = f"test accuracy {test['acc']:.4f} on {test['count']} images | " if test else ""
@@ -269,7 +320,7 @@ def run_meta(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline) -> dict[st
     else:
         device = f"{accelerator.num_processes} x CPU ({platform.processor() or platform.machine()}, " \
                  f"{os.cpu_count()} cores)"
-    return {"config": cfg.to_dict(), "versions": versions, "python": platform.python_version(),
+    return {"config": cfg.to_dict(), "effective_max_lr": cfg.effective_max_lr, "versions": versions, "python": platform.python_version(),
             "git_commit": commit, "hostname": socket.gethostname(), "device": device,
             "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
             "num_params": count_parameters(p.model),

@@ -22,11 +22,18 @@
                          num_params, mean, std, weights (the file predictions.npz came from), plus
                          ranks_in_sync (train.py) or trial_id, trial_status, search, params (a search's best/)
       lr_find.json       LR range test (--find-lr): lrs, losses, smoothed, suggested_max_lr, chosen_max_lr
+      train.log          a search trial's own output (its epoch lines, warnings, the traceback of a failure)
+
+    config.json appears when the first epoch ends, with "effective_max_lr" (the rate trained with,
+    --max-lr or 0.4 x batch/512) and "cli" (command-line choices such as --no-report, for --resume).
 
     runs/search-<name>/  (tuning/search.py)
       search.json        the search's own settings, its space, base config and summary
       results.csv        one row per trial, best validation accuracy first
-      trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json
+      trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json;
+                         once a trial has ended, only what results.csv, best/ and the report read
+                         (config, metrics, params, summary, best weights, train.log) unless
+                         --keep-trial-checkpoints
       best/              the best trial in the layout above, test-evaluated once
 
 `RunWriter` is the only code that writes these files (the search's own two, search.json and
@@ -38,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +70,7 @@ RESULTS_CSV = "results.csv"
 TRIALS = "trials"
 BEST_TRIAL = "best"
 PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
+TRAIN_LOG = "train.log"           # a trial's own output
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -206,6 +215,9 @@ class RunWriter:
         finished run (resume), else None. Reads only, on every process, so all ranks stop alike."""
         saved = self.path(CONFIG)
         if saved.exists() and not resume:
+            if not checkpoint_dirs(self.run_dir) and not self.path(SUMMARY).exists():
+                raise ConfigError(f"{self.run_dir} holds a run stopped before its first checkpoint; --resume starts "
+                                  f"it over (nothing to lose), or choose another --name")
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --name")
         if saved.exists():
@@ -293,6 +305,49 @@ class RunWriter:
         accelerator.wait_for_everyone()
         return final
 
+    @contextmanager
+    def output_to_log(self) -> Iterator[Path]:
+        """Send this process's stdout and stderr (file descriptors 1 and 2, so C++ warnings and
+        logging handlers too) to train.log, appended; restore them afterwards. A search trial's
+        output goes there instead of the search's terminal."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = self.path(TRAIN_LOG)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        # Line by line, so that `tail -f train.log` follows a running trial.
+        buffering = [(s, s.line_buffering) for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure")]
+        try:
+            with open(log, "a") as f:
+                os.dup2(f.fileno(), 1)
+                os.dup2(f.fileno(), 2)
+            for stream, _ in buffering:
+                stream.reconfigure(line_buffering=True)
+            yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for stream, line_buffering in buffering:
+                stream.reconfigure(line_buffering=line_buffering)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+    def prune_ended(self) -> int:
+        """Free the disk of a run that nothing will resume (an ended search trial): remove its epoch
+        checkpoints and final weights, keep the small files and best.safetensors (what results.csv,
+        best/ and the report read). Returns the bytes freed."""
+        if not self.is_main:
+            return 0
+        freed = 0
+        doomed = [self.path(CHECKPOINTS), self.path(FINAL_WEIGHTS), *self.run_dir.glob(".tmp.*")]
+        for path in doomed:
+            if path.exists():
+                freed += disk_bytes(path)
+                _remove(path)
+        return freed
+
     # -- at the end
     def finish(self, meta: dict[str, Any], test: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
         """Write predictions.npz (when there is a test result) and summary.json; return the summary.
@@ -305,6 +360,14 @@ class RunWriter:
                              indices=test["indices"].astype(np.int64))
             write_json(self.path(SUMMARY), summary)
         return summary
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes a file or folder holds (files only)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def read_trainer_state(checkpoint: Path) -> TrainerState:

@@ -181,6 +181,8 @@ def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
     for k, v in cfg.to_dict().items():
         if isinstance(v, dict):
             rows += [(f"{k}.{k2}", str(v2)) for k2, v2 in v.items()]
+        elif k == "max_lr" and v is None:  # the batch-scaled default: show the rate it resolved to
+            rows.append((k, f"{cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()})"))
         else:
             rows.append((k, str(v)))
     return rows

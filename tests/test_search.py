@@ -28,6 +28,12 @@ FIXED = {"dropout": 0.0, "weight_decay": 5e-4, "l1": 0.0, "flip_p": 0.0, "affine
 GOOD_LR, BAD_LR, DIVERGING_LR = 0.05, 1e-5, 1e30
 
 
+def at_512(lr: float) -> float:
+    """A space gives learning rates at batch 512 (scaled to the search's batch): the value that
+    trains at `lr` with the tests' batch of 20."""
+    return lr * 512 / int(TINY["batch_size"])
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -56,7 +62,7 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     from tuning.config import SearchConfig
     from tuning.runner import run_search
 
-    space = {**FIXED, "max_lr": {"type": "choice", "values": [BAD_LR, GOOD_LR, DIVERGING_LR]}}
+    space = {**FIXED, "max_lr": {"type": "choice", "values": [at_512(BAD_LR), at_512(GOOD_LR), at_512(DIVERGING_LR)]}}
     search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
                           seed=0, verbose=0)
     # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not
@@ -77,12 +83,14 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     assert vals == sorted(vals, reverse=True) and rows[-1]["status"] == "ERROR"
     assert (summary["completed"], summary["stopped"], summary["failed"]) == (2, 1, 1)
 
-    # every trial that ran has fit's files in its own run dir; none of them touched the test set
+    # every trial that finished an epoch has fit's files in its own run dir (the one that failed in
+    # epoch 1 only its params and log: fit writes config.json when the first epoch ends); none of
+    # them touched the test set
     for r in rows:
         tdir = sdir / "trials" / r["trial_id"]
-        assert (tdir / "config.json").exists()
+        assert (tdir / "params.json").exists()
         if r["status"] != "ERROR":
-            assert (tdir / "metrics.jsonl").exists()
+            assert (tdir / "config.json").exists() and (tdir / "metrics.jsonl").exists()
         if r["status"] == "TERMINATED":  # ASHA kills a stopped trial before fit's summary
             assert json.loads((tdir / "summary.json").read_text())["test_acc"] is None
             assert not (tdir / "predictions.npz").exists()
@@ -102,8 +110,20 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
         assert (z["logits"].argmax(1) == z["labels"]).mean() == pytest.approx(bsum["test_acc"])
     info = json.loads((sdir / "search.json").read_text())
     assert info["status"] == "finished" and info["summary"]["best_trial"] == bsum["trial_id"]
-    assert info["space"]["max_lr"]["values"] == [BAD_LR, GOOD_LR, DIVERGING_LR]
+    assert info["space"]["max_lr"]["values"] == [at_512(BAD_LR), at_512(GOOD_LR), at_512(DIVERGING_LR)]
+    assert info["space_at_batch"]["max_lr"]["values"] == pytest.approx([BAD_LR, GOOD_LR, DIVERGING_LR])
     assert (sdir / "ray").is_dir()
+
+    # An ended trial keeps what results.csv, best/ and the report read, not its checkpoints (~90 MB
+    # each) and final weights; its own output is in its train.log, not on the search's terminal.
+    for r in rows:
+        tdir = sdir / "trials" / r["trial_id"]
+        assert not (tdir / "checkpoints").exists() and not (tdir / "model.safetensors").exists(), r
+        log = (tdir / "train.log").read_text()
+        if r["status"] == "ERROR":
+            assert "NonFiniteLossError" in log and "Traceback" in log
+        else:
+            assert (tdir / "best.safetensors").exists() and "epoch   1/2" in log
 
 
 def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
@@ -111,9 +131,9 @@ def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     from tuning.config import SearchConfig
     from tuning.runner import run_search
 
-    space = {**FIXED, "max_lr": GOOD_LR}
+    space = {**FIXED, "max_lr": at_512(GOOD_LR)}
     search = SearchConfig(name="ddp", num_samples=1, workers_per_trial=2, cpus_per_trial=1, space=space,
-                          verbose=0)
+                          verbose=0, keep_trial_checkpoints=True)
     summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
     sdir = tmp_path / "search-ddp"
     rows = _results(sdir)
@@ -122,6 +142,24 @@ def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     assert trial["world_size"] == 2
     assert summary["test_acc"] is not None
     assert json.loads((sdir / "best" / "summary.json").read_text())["world_size"] == 2
+    # --keep-trial-checkpoints: the ended trial keeps everything; both ranks' output is in its log
+    tdir = sdir / "trials" / rows[0]["trial_id"]
+    assert (tdir / "checkpoints").is_dir() and (tdir / "model.safetensors").exists()
+    assert "epoch   1/1" in (tdir / "train.log").read_text()
+
+
+def test_a_finite_but_diverging_trial_is_an_ordinary_trial(ray_session, fake_cifar, tmp_path):
+    """max_lr 3 at batch 20 explodes the validation loss (~1e20) without a NaN: the trial is not a
+    crash but a weak trial (ASHA's to stop); its log carries the divergence warning."""
+    from tuning.config import SearchConfig
+    from tuning.runner import run_search
+
+    search = SearchConfig(name="boom", num_samples=1, space={**FIXED, "max_lr": at_512(3.0)}, verbose=0)
+    summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
+    rows = _results(tmp_path / "search-boom")
+    assert [r["status"] for r in rows] == ["TERMINATED"] and summary["failed"] == 0, rows
+    log = (tmp_path / "search-boom" / "trials" / rows[0]["trial_id"] / "train.log").read_text()
+    assert "has exploded" in log and "NonFiniteLossError" not in log
 
 
 def test_bad_space_is_one_line_error(tmp_path, fake_cifar):
@@ -134,7 +172,7 @@ def test_bad_space_is_one_line_error(tmp_path, fake_cifar):
         assert out.returncode == 2, (extra, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (extra, out.stderr)
-    assert not (tmp_path / "search-search").exists()
+    assert not list(tmp_path.glob("search-*"))
 
 
 def test_space_overrides_and_cutout_kept_valid():
@@ -168,7 +206,7 @@ def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig)
     """Ctrl-C (or kill -9 of the driver: no chance to clean up) after the first trial finished;
     --resume runs only the rest."""
     space = tmp_path / "space.json"
-    space.write_text(json.dumps({**FIXED, "max_lr": GOOD_LR}))
+    space.write_text(json.dumps({**FIXED, "max_lr": at_512(GOOD_LR)}))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
            "--data-dir", str(fake_cifar), "--num-samples", "3", "--epochs", "1", "--num-cpus", "2",
            "--max-concurrent-trials", "1", "--space", str(space), "--no-report", *TINY_FLAGS]
@@ -193,12 +231,25 @@ def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig)
     assert json.loads((sdir / "search.json").read_text())["status"] != "finished"
     mtimes = {t: (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished_before}
 
+    # --no-report is not typed again: the search remembers it (a report would go to cwd/reports)
     res = subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir",
-                          str(tmp_path), "--resume", "--num-cpus", "2", "--no-report"],
-                         capture_output=True, text=True, env=env, timeout=300)
+                          str(tmp_path), "--resume", "--num-cpus", "2"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not (tmp_path / "reports").exists()
     rows = _results(sdir)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+    # The search's own output is a few plain lines: no status tables, no colour codes, no Ray
+    # notices, no epoch lines (those are in each trial's train.log); every ended trial pruned.
+    shown = res.stdout + res.stderr
+    for noise in ("\x1b[", "== Status ==", "Token authentication", "epoch   1/1", "Traceback"):
+        assert noise not in shown, (noise, shown[-3000:])
+    assert len(shown.splitlines()) <= 12, shown
+    assert "3 trials: 0 running, 3 finished, 0 stopped early, 0 failed, 0 waiting" in shown
+    for r in rows:
+        tdir = sdir / "trials" / r["trial_id"]
+        assert "epoch   1/1" in (tdir / "train.log").read_text()
+        assert not (tdir / "checkpoints").exists() and (tdir / "best.safetensors").exists()
     for t, text in finished_before.items():  # finished trials were not run again
         assert (sdir / "trials" / t / "metrics.jsonl").read_text() == text
         assert (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns == mtimes[t]

@@ -14,6 +14,8 @@ from distributed.config import TrainConfig
 from distributed.rundir import RunWriter
 from tuning import space as space_mod
 
+ENDED = ("TERMINATED", "STOPPED", "ERROR")   # trial states Tune never resumes
+
 
 def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
     """One row per trial, best validation accuracy first: Tune's `Result` of each trial (error,
@@ -38,12 +40,12 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
         trials.append({"trial_id": trial_id, "status": status, "epochs": epochs,
                        "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
                        "last_val_acc": vals[-1]["val_acc"] if vals else None, "params": params, "run_dir": run_dir,
-                       "error": _error_line(result.error) if result.error is not None else None})
+                       "error": error_line(result.error) if result.error is not None else None})
     trials.sort(key=lambda t: (t["best_val_acc"] is None, -(t["best_val_acc"] or 0.0), t["trial_id"]))
     return trials
 
 
-def _error_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """The line of a trial's error that names it (Ray wraps it in its own traceback text)."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
