@@ -90,8 +90,14 @@ def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
     cfg = tiny_cfg(fake_cifar, tmp_path, name="once", epochs=1)
     (tmp_path / "once").mkdir()
     (tmp_path / "once" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a run stopped before its first checkpoint; --resume starts it over"):
+        fit(cfg, progress=False)
+    ckpt = tmp_path / "once" / rundir.CHECKPOINTS / "epoch_0001"
+    ckpt.mkdir(parents=True)
+    (ckpt / rundir.TRAINER_STATE).write_text("{}")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         fit(cfg, progress=False)
+    assert (tmp_path / "once" / "config.json").read_text() == "{}"
 
 
 def _comparable(rows):
