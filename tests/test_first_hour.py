@@ -78,11 +78,15 @@ def test_search_space_learning_rates_are_at_batch_512_and_scale_like_the_default
     assert space.describe_lr(s, 128) == "max_lr 0.0125-0.25 (0.05-1 at batch 512, x 128/512)"
 
 
-def test_lr_range_test_without_suggestion_trains_with_the_batch_scaled_default(fake_cifar, tmp_path):
-    from distributed.lr_finder import find_lr
+def test_lr_range_test_without_suggestion_trains_with_the_batch_scaled_default(fake_cifar, tmp_path, monkeypatch):
+    from distributed import lr_finder
 
+    # the range test itself is test_train's; here only what find_lr chooses from its result
+    monkeypatch.setattr(lr_finder, "run_range_test", lambda *a, **k: {"lrs": [1e-3, 1e-2], "losses": [2.3, 2.2],
+                                                                      "suggested_max_lr": 0.5})
     cfg = tiny_cfg(fake_cifar, tmp_path, name="lr", epochs=1)
-    chosen = find_lr(cfg, tmp_path / "lr", use_suggestion=False)
+    assert lr_finder.find_lr(cfg, tmp_path / "s").max_lr == 0.5
+    chosen = lr_finder.find_lr(cfg, tmp_path / "lr", use_suggestion=False)
     assert chosen.max_lr == pytest.approx(0.4 * 20 / 512)   # recorded as a number: what was trained with
     assert rundir.read_json(tmp_path / "lr" / rundir.LR_FIND)["chosen_max_lr"] == pytest.approx(0.015625)
 
