@@ -324,6 +324,28 @@ def test_search_tables_only_with_verbose(tmp_path):
     assert loud.progress_reporter is not None and loud.verbose == 1
 
 
+def test_tune_failure_logs_are_dropped_for_the_compact_view_or_kept_without_colour():
+    import logging
+
+    from tuning.progress import tune_error_logs
+
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    err = RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1) ValueError: bad")
+    try:
+        for verbose in (False, True):  # pytest's stderr is not a terminal
+            with tune_error_logs(verbose):
+                logger.error("Trial task failed for trial t1", exc_info=(RuntimeError, err, None))
+                logger.error("Something else")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["Something else", "Trial task failed for trial t1", "Something else"]
+    assert "ray::ImplicitFunc.train()" in records[1].exc_text and "\x1b" not in records[1].exc_text
+
+
 def test_ended_trials_lose_checkpoints_and_final_weights_only(tmp_path):
     from distributed.rundir import RunWriter
 

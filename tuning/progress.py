@@ -11,6 +11,7 @@ Imported by tuning/runner.py when a search starts (it imports Ray).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,24 +26,45 @@ from distributed.rundir import RunWriter
 # trials that did not complete; the compact view says both in one line each instead.
 _TUNE_NOISE = {"ray.tune.execution.tune_controller": ("Trial task failed",),
                "ray.tune.tune": ("Trials did not complete",)}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
+class _TuneLogFilter(logging.Filter):
+    """Drops the records the compact view replaces (`drop`), or keeps them without colour codes
+    (Ray colours the process name in a task error's text, whatever the output)."""
+
+    def __init__(self, prefixes: tuple[str, ...], drop: bool) -> None:
         super().__init__()
-        self.prefixes = prefixes
+        self.prefixes, self.drop = prefixes, drop
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        if not str(record.msg).startswith(self.prefixes):
+            return True
+        if self.drop:
+            return False
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _ANSI.sub("", record.exc_text)
+        return True
 
 
-class quiet_tune_errors:
-    """Context manager: Tune's per-failure traceback logs are dropped while the compact view runs."""
+class tune_error_logs:
+    """Context manager for `tuner.fit()`: without `verbose`, Tune's per-failure traceback logs are
+    dropped (the compact view has a line per failed trial, the trial's train.log the traceback);
+    with it they stay, without colour codes unless stderr is a terminal."""
 
-    def __enter__(self) -> "quiet_tune_errors":
-        self.filters = [(logging.getLogger(name), _DropMessages(prefixes)) for name, prefixes in _TUNE_NOISE.items()]
-        for logger, f in self.filters:
-            logger.addFilter(f)
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+    def __enter__(self) -> "tune_error_logs":
+        self.filters = []
+        if self.verbose and sys.stderr.isatty():
+            return self
+        for name, prefixes in _TUNE_NOISE.items():
+            f = _TuneLogFilter(prefixes, drop=not self.verbose)
+            logging.getLogger(name).addFilter(f)
+            self.filters.append((logging.getLogger(name), f))
         return self
 
     def __exit__(self, *exc: Any) -> None:

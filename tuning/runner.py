@@ -246,13 +246,10 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
             tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(trial_space),
                                tune_config=tune_config(base_cfg, search),
                                run_config=run_config(search_dir, search, list(space), base_cfg.epochs))
-        from tuning.progress import quiet_tune_errors
+        from tuning.progress import tune_error_logs
 
-        if search.verbose:
+        with tune_error_logs(search.verbose):
             grid = tuner.fit()
-        else:
-            with quiet_tune_errors():
-                grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
         if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
             for t in trials:
