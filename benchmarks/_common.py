@@ -169,9 +169,9 @@ def bare_train_steps(model, optimizer, batches, steps: int, device: str, bf16: b
 
 def training_optimizer(params, lr: float | None = None):
     """The optimiser training builds (`distributed.pipeline.build_optimizer`) from the default
-    TrainConfig, at `lr` (default: OneCycle's starting rate, max_lr / div_factor)."""
+    TrainConfig, at `lr` (default: OneCycle's starting rate, max_lr / div_factor, at batch 512)."""
     from distributed.config import TrainConfig
     from distributed.pipeline import build_optimizer
 
     cfg = TrainConfig()
-    return build_optimizer(cfg.replace(max_lr=lr if lr is not None else cfg.max_lr / cfg.div_factor), params)
+    return build_optimizer(cfg.replace(max_lr=lr if lr is not None else cfg.effective_max_lr / cfg.div_factor), params)

@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     model = resnet18()
     if gpu:
         model = model.to(memory_format=torch.channels_last)
-    opt = training_optimizer(model.parameters(), lr=cfg.max_lr)
+    opt = training_optimizer(model.parameters(), lr=cfg.effective_max_lr)
     model, opt = acc.prepare(model, opt)
     device = acc.device.type
     batches = synthetic_batches(args.steps, args.batch_size, str(acc.device), gpu, seed=acc.process_index)

@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     bare_run = torch.compile(bare_model) if args.compile else bare_model
 
     # Ours: Accelerate-prepared model/optimizer, the real train_one_epoch over an in-memory loader.
-    opt = training_optimizer(model.parameters(), lr=cfg.max_lr)
+    opt = training_optimizer(model.parameters(), lr=cfg.effective_max_lr)
     model, opt = accelerator.prepare(model, opt)
     batches = synthetic_batches(steps, bs, device, args.channels_last)
     pipe = Pipeline(split=None, mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=10, train_loader=ListLoader(batches),

@@ -32,18 +32,36 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# Command-line choices that are not config fields; a run or search keeps them (config.json or
+# search.json, under "cli") so that `--resume` remembers what was not typed again.
+REPORT_DEFAULTS = {"report": True, "report_dir": "reports"}
+
+
 def _add_report_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report")
-    group.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
-    group.add_argument("--report-dir", default="reports",
+    group.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                       help="build the HTML report (a folder with index.html) at the end; --no-report skips it "
+                            "(default: build it; --resume remembers the choice)")
+    group.add_argument("--report-dir", default=None,
                        help="folder of reports: this one goes to REPORT_DIR/<name>/, and REPORT_DIR/index.html "
-                            "shows it with every report listed (default: reports)")
+                            "shows it with every report listed (default: reports; --resume remembers it)")
+
+
+def _cli_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report choices of this command: typed now, else remembered from `saved`, else the defaults.
+    Also written back into `args`, where `finish_run` reads them."""
+    saved = saved or {}
+    options = {k: getattr(args, k) if getattr(args, k) is not None else saved.get(k, default)
+               for k, default in REPORT_DEFAULTS.items()}
+    for k, v in options.items():
+        setattr(args, k, v)
+    return options
 
 
 def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
     """After a finished run or search: build its report unless --no-report. A report that fails
     never hides the finished run: one line says how to rebuild it, and the exit code is 1."""
-    if args.no_report:
+    if not args.report:
         return 0
     from reporting.report import build_report
 
@@ -58,28 +76,42 @@ def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- training
-def train(argv: list[str] | None = None) -> int:
-    """`cifar-train`: parse flags, [LR range test], `fit`, report. Returns the exit code."""
-    from distributed.config import ConfigError, add_config_arguments, config_from_args
+def train_parser() -> argparse.ArgumentParser:
+    """The flags of `cifar-train`: every TrainConfig/AugConfig field, and the CLI-only choices."""
+    from distributed.config import add_config_arguments
 
     parser = _Parser(description="Train ResNet18 on CIFAR-10 (Accelerate; CPU, GPU, DDP).")
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="continue runs-dir/NAME from its newest checkpoint, with its saved config "
-                             "(a run that does not exist yet starts)")
+                        help="continue runs-dir/NAME from its newest checkpoint, with its saved config and "
+                             "report choices (a run without a checkpoint starts over)")
     parser.add_argument("--find-lr", action="store_true",
-                        help="run the LR range test first (lr_find.json) and train with its suggested max_lr "
-                             "(or with --max-lr when given)")
+                        help="run the LR range test first (100 steps; lr_find.json) and train with its "
+                             "suggested max_lr (or with --max-lr when given)")
     _add_report_flags(parser)
+    return parser
+
+
+def train(argv: list[str] | None = None) -> int:
+    """`cifar-train`: parse flags, [LR range test], `fit`, report. Returns the exit code."""
+    from distributed.config import ConfigError, config_from_args
+
+    parser = train_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
         run_dir = Path(cfg.runs_dir) / cfg.name
         resuming = args.resume and (run_dir / "config.json").exists()
-        if resuming and args.config is None:
-            # Resume with the run's own settings; flags given now override (and are checked by fit).
-            args.config = run_dir / "config.json"
-            cfg = config_from_args(args)
+        saved_cli = {}
+        if resuming:
+            from distributed.rundir import read_json
+
+            saved_cli = read_json(run_dir / "config.json").get("cli") or {}
+            if args.config is None:
+                # Resume with the run's own settings; flags given now override (and are checked by fit).
+                args.config = run_dir / "config.json"
+                cfg = config_from_args(args)
+        options = _cli_options(args, saved_cli)
         from distributed.data import DataError
         from distributed.engine import Preempted, fit, stop_on_signals
         from distributed.lr_finder import find_lr
@@ -97,13 +129,23 @@ def train(argv: list[str] | None = None) -> int:
         # the next step on every rank instead of killing it wherever it is.
         with stop_on_signals(signal.SIGTERM) as stop:
             if args.find_lr and not resuming:
-                cfg = find_lr(cfg, run_dir, use_suggestion=args.max_lr is None)
-            summary = fit(cfg, run_dir, resume=args.resume, stop=stop)
+                # The suggestion, unless a max_lr was chosen (a flag or a --config file).
+                cfg = find_lr(cfg, run_dir, use_suggestion=cfg.max_lr is None)
+            summary = fit(cfg, run_dir, resume=args.resume, stop=stop, cli_options=options)
     except (ConfigError, DataError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: {_resume_command(cfg)}", file=sys.stderr)
+        from distributed.rundir import checkpoint_dirs
+
+        if checkpoint_dirs(run_dir):
+            print(f"interrupted; continue with: {_resume_command(cfg)}", file=sys.stderr)
+        elif (run_dir / "config.json").exists():
+            print(f"interrupted before the first checkpoint; `{_resume_command(cfg)}` starts it over",
+                  file=sys.stderr)
+        else:
+            print("interrupted before the first epoch ended; nothing was written: run the same command "
+                  "again to start over", file=sys.stderr)
         return 130
     except Preempted as e:
         if main_process:
@@ -124,39 +166,62 @@ def _resume_command(cfg) -> str:
 
 
 # ----------------------------------------------------------------------------- search
-def search(argv: list[str] | None = None) -> int:
-    """`cifar-search`: parse flags, `run_search`, report. Returns the exit code."""
-    from distributed.config import (ConfigError, add_config_arguments, add_dataclass_arguments, config_from_args,
-                                    given_fields)
+def search_parser() -> argparse.ArgumentParser:
+    """The flags of `cifar-search`: SearchConfig's, the report choices, and every training flag."""
+    from distributed.config import add_config_arguments, add_dataclass_arguments
     from tuning.config import SearchConfig
 
     parser = _Parser(description="Ray Tune search over the ResNet18 recipe (ASHA, best trial tested once).")
     group = parser.add_argument_group("search")
     add_dataclass_arguments(group, SearchConfig, prefix="search_")
-    group.add_argument("--space", type=Path, default=None, help="YAML/JSON overrides of the search space")
+    group.add_argument("--space", type=Path, default=None, metavar="FILE",
+                       help="YAML/JSON file of search-space overrides, merged over tuning/space.py's; max_lr "
+                            "values are at batch 512 and scaled to --batch-size (default: none)")
     _add_report_flags(parser)
     add_config_arguments(parser, skip=("name",))  # --name is the search's
-    args = parser.parse_args(argv)
+    return parser
+
+
+def search(argv: list[str] | None = None) -> int:
+    """`cifar-search`: parse flags, `run_search`, report. Returns the exit code."""
+    from distributed.config import ConfigError, config_from_args, given_fields
+    from tuning.config import SearchConfig
+
+    args = search_parser().parse_args(argv)
+    settings = None
     try:
         from distributed.data import DataError
+        from distributed.rundir import SEARCH_JSON, read_json
         from tuning.runner import load_saved_search, run_search, search_dir_for
         from tuning.space import load_space_file
 
         base_cfg = config_from_args(args, skip=("name",))
         overrides = load_space_file(args.space) if args.space is not None else {}
-        settings = SearchConfig(**given_fields(args, SearchConfig, prefix="search_"), space=overrides)
+        given = given_fields(args, SearchConfig, prefix="search_")
+        if given.get("resume") and "name" not in given:
+            found = sorted(p.name[len("search-"):] for p in Path(base_cfg.runs_dir).glob("search-*")
+                           if (p / SEARCH_JSON).exists())
+            raise ConfigError("--resume needs the --name of the search to continue"
+                              + (f" (in {base_cfg.runs_dir}: {', '.join(found)})" if found else ""))
+        settings = SearchConfig(**given, space=overrides)
+        saved_cli = {}
         if settings.resume:  # the search's own settings; only where and how it runs may change
-            base_cfg, saved = load_saved_search(search_dir_for(base_cfg, settings.name))
+            search_dir = search_dir_for(base_cfg, settings.name)
+            base_cfg, saved = load_saved_search(search_dir)
             keep = ("num_samples", "grace_period", "reduction_factor", "gpus_per_trial", "cpus_per_trial",
                     "workers_per_trial", "seed", "space")
-            settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved})
-        summary = run_search(base_cfg, settings)
+            remembered = ("keep_trial_checkpoints",)  # unless typed again
+            settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved},
+                                           **{k: saved[k] for k in remembered if k in saved and k not in given})
+            saved_cli = read_json(search_dir / SEARCH_JSON).get("cli") or {}
+        summary = run_search(base_cfg, settings, cli_options=_cli_options(args, saved_cli))
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        name = getattr(args, "search_name", None) or SearchConfig().name
-        print(f"interrupted; continue with: python tuning/search.py --name {name} --resume", file=sys.stderr)
+        if settings is not None:
+            print(f"interrupted; continue with: python tuning/search.py --name {settings.name} --resume",
+                  file=sys.stderr)
         return 130
     if summary.get("interrupted"):
         return 130
@@ -166,8 +231,8 @@ def search(argv: list[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- report
-def report(argv: list[str] | None = None) -> int:
-    """`cifar-report`: build the report of a run or search directory; 2 on unusable input."""
+def report_parser() -> argparse.ArgumentParser:
+    """The arguments of `cifar-report`."""
     parser = _Parser(description="Build the static HTML report of a training run or search.")
     parser.add_argument("run_dir", type=Path, help="runs/<name> (train.py) or runs/search-<name> (tuning)")
     parser.add_argument("--out", type=Path, default=Path("reports"),
@@ -177,7 +242,12 @@ def report(argv: list[str] | None = None) -> int:
                         help="CIFAR-10 folder holding cifar-10-batches-py/ (default: the run's data_dir)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where GradCAM runs (default: cuda when available)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def report(argv: list[str] | None = None) -> int:
+    """`cifar-report`: build the report of a run or search directory; 2 on unusable input."""
+    args = report_parser().parse_args(argv)
 
     from reporting.report import ReportError, build_report
 

@@ -19,11 +19,25 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message is one line a user can act on."""
 
 
+# The recipe's learning rate is tuned for this global batch. Without --max-lr the peak rate follows
+# the batch linearly (Goyal et al. 2017): 0.4 x batch / 512, so a smaller batch (every CPU example)
+# does not keep a rate tuned for 512 and diverge. Search spaces give max_lr at this batch too.
+REFERENCE_BATCH = 512
+REFERENCE_MAX_LR = 0.4
+
+
+def lr_for_batch(lr_at_reference: float, batch_size: int) -> float:
+    """A learning rate given for global batch 512, scaled linearly to `batch_size`."""
+    return lr_at_reference * batch_size / REFERENCE_BATCH
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
-        choices: tuple[str, ...] | None = None, flag: str | None = None, cli: bool = True) -> Any:
+        choices: tuple[str, ...] | None = None, flag: str | None = None, cli: bool = True,
+        shown_default: str | None = None) -> Any:
     """A config field with its `--help` text (say the unit), its choices, and optionally its own
-    flag name or no flag at all (`cli=False`): the dataclass is the one place a setting is described."""
-    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
+    flag name or no flag at all (`cli=False`): the dataclass is the one place a setting is described.
+    `shown_default` replaces the default that `--help` prints (for defaults like None that mean a rule)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli, "shown_default": shown_default}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -33,19 +47,20 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = da
 class AugConfig:
     """Training augmentation (Albumentations 2.x). Probabilities are per image, sizes in pixels."""
 
-    pad: int = opt(4, "reflect padding before the random 32x32 crop, pixels (0: no crop)")
-    flip_p: float = opt(0.5, "probability of a horizontal flip")
-    affine_p: float = opt(0.0, "probability of a shift/scale/rotate")
-    shift_limit: float = opt(0.0625, "affine shift, fraction of the image side")
-    scale_limit: float = opt(0.1, "affine zoom, +- fraction")
+    pad: int = opt(4, "reflect padding before the random 32x32 crop, pixels per side (0: no crop)")
+    flip_p: float = opt(0.5, "probability of a horizontal flip, per image")
+    affine_p: float = opt(0.0, "probability of a shift/scale/rotate, per image")
+    shift_limit: float = opt(0.0625, "affine shift, +- fraction of the image side")
+    scale_limit: float = opt(0.1, "affine zoom, +- fraction of the image size")
     rotate_limit: float = opt(15.0, "affine rotation, +- degrees")
-    color_p: float = opt(0.0, "probability of each colour jitter (hue/saturation/value, brightness/contrast)")
-    hue_shift: float = opt(10.0, "hue shift, +- Albumentations HSV units (hue in [0, 180))")
-    sat_shift: float = opt(20.0, "saturation shift, +- HSV units")
-    val_shift: float = opt(20.0, "value shift, +- HSV units")
-    brightness: float = opt(0.2, "brightness jitter, +- fraction")
+    color_p: float = opt(0.0, "probability of each colour jitter (hue/saturation/value, brightness/contrast), "
+                              "per image")
+    hue_shift: float = opt(10.0, "hue shift, +- Albumentations HSV units (hue spans 0-180)")
+    sat_shift: float = opt(20.0, "saturation shift, +- HSV units (0-255)")
+    val_shift: float = opt(20.0, "value shift, +- HSV units (0-255)")
+    brightness: float = opt(0.2, "brightness jitter, +- fraction of the full range")
     contrast: float = opt(0.2, "contrast jitter, +- fraction")
-    cutout_p: float = opt(0.5, "probability of one cutout hole (filled with the mean)")
+    cutout_p: float = opt(0.5, "probability of one cutout hole (filled with the mean), per image")
     cutout_min: int = opt(8, "smallest cutout side, pixels")
     cutout_max: int = opt(16, "largest cutout side, pixels")
 
@@ -63,40 +78,49 @@ class TrainConfig:
     download: bool = opt(True, "download CIFAR-10 with torchvision when data-dir lacks it")
     val_size: int = opt(5000, "images carved from the 50,000 training images for validation, stratified "
                               "(0: train on all, no model selection)")
-    subset: int = opt(0, "train on a stratified subset of N training images, for quick runs (0: all)")
+    subset: int = opt(0, "use a stratified subset of N of the 50,000 training images, validation included, "
+                         "for quick runs (0: all)")
     test_subset: int = opt(0, "evaluate on a stratified subset of N test images (0: all 10,000)")
     # Optimisation. batch_size is GLOBAL: each of N processes takes batch_size / N, so the
     # recipe (and its max_lr) means the same thing on 1 CPU or 8 GPUs.
-    epochs: int = opt(30, "training epochs")
-    batch_size: int = opt(512, "GLOBAL batch, images per optimiser step over all processes")
+    epochs: int = opt(30, "training epochs (passes over the training images)")
+    batch_size: int = opt(512, "GLOBAL batch: images per optimiser step over all processes")
     eval_batch_size: int = opt(1024, "global batch for validation and test, images")
-    max_lr: float = opt(0.4, "peak learning rate of the schedule (OneCycle), or the initial one (step/plateau)")
-    momentum: float = opt(0.9, "SGD momentum")
+    # None is the rule, not a number: config.json keeps null and records the rate it resolved to.
+    max_lr: float | None = opt(None, "peak learning rate of OneCycle, or the initial one of step/plateau, per "
+                                     "optimiser step; a value given is used as is, whatever the batch",
+                               shown_default=f"{REFERENCE_MAX_LR} x batch-size / {REFERENCE_BATCH}, "
+                                             f"i.e. {REFERENCE_MAX_LR} at the default batch")
+    momentum: float = opt(0.9, "SGD momentum, fraction of the previous update kept")
     nesterov: bool = opt(True, "Nesterov momentum")
-    weight_decay: float = opt(5e-4, "L2 weight decay, through SGD")
-    l1: float = opt(0.0, "L1 penalty on weights, added to the loss (0: off)")
-    label_smoothing: float = opt(0.1, "label smoothing of the training loss")
+    weight_decay: float = opt(5e-4, "L2 weight decay through SGD, coefficient of the weights added to the gradient")
+    l1: float = opt(0.0, "L1 penalty on weights, coefficient of sum|w| added to the loss (0: off)")
+    label_smoothing: float = opt(0.1, "label smoothing of the training loss, probability mass spread over all classes")
     dropout: float = opt(0.0, "dropout before the classifier, probability")
     # Evaluation (validation and test alike, so the choice is made on validation) averages the
     # logits of each image and its mirror image: the model was trained on both orientations.
     tta: bool = opt(False, "evaluate each image averaged with its mirror image (validation and test)")
-    scheduler: str = opt("onecycle", "learning-rate schedule", choices=("onecycle", "plateau", "step"))
-    pct_start: float = opt(0.25, "onecycle: fraction of the steps spent warming up")
-    div_factor: float = opt(10.0, "onecycle: initial lr = max-lr / div-factor")
-    final_div_factor: float = opt(100.0, "onecycle: final lr = initial lr / final-div-factor")
+    scheduler: str = opt("onecycle", "learning-rate schedule: onecycle (linear warm-up to max-lr, then down, "
+                                     "per step), plateau (x gamma when validation accuracy stalls), step "
+                                     "(x gamma every step-size epochs)", choices=("onecycle", "plateau", "step"))
+    pct_start: float = opt(0.25, "onecycle: fraction of all steps spent warming up")
+    div_factor: float = opt(10.0, "onecycle: initial lr = max-lr / div-factor (a ratio)")
+    final_div_factor: float = opt(100.0, "onecycle: final lr = initial lr / final-div-factor (a ratio)")
     step_size: int = opt(10, "step: epochs between decays")
-    gamma: float = opt(0.1, "step/plateau: decay factor")
+    gamma: float = opt(0.1, "step/plateau: factor the learning rate is multiplied by at each decay")
     patience: int = opt(3, "plateau: epochs without validation improvement before a decay")
     # Execution
-    mixed_precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp32 (no)",
-                               choices=("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = opt("auto", "auto: bf16 on GPUs that have it, else fp32; no: fp32; bf16; fp16 "
+                                       "(GPU, with loss scaling)", choices=("auto", "no", "bf16", "fp16"))
     channels_last: bool = opt(True, "channels_last memory format, GPU only (CPU convolutions are ~3x slower in it)")
-    compile: bool = opt(False, "torch.compile the model (inductor)")
-    num_workers: int = opt(-1, "DataLoader worker processes per training process (-1: auto, from the cores "
-                               "of this node shared among its processes; 0: load in the training process)")
+    compile: bool = opt(False, "torch.compile the model (inductor; the first epoch pays the compilation)")
+    num_workers: int = opt(-1, "DataLoader worker processes per training process; -1: auto = this node's cores "
+                               "divided among its training processes, then halved on CPU (the model needs the "
+                               "rest) or minus 1 on GPU, at most 12 (1 on a 2-core laptop); 0: load in the "
+                               "training process")
     seed: int = opt(0, "seed of the weights, shuffling and augmentation")
     deterministic: bool = opt(False, "bit-exact reruns (slower on GPU)")
-    keep_checkpoints: int = opt(2, "newest epoch checkpoints kept on disk")
+    keep_checkpoints: int = opt(2, "newest epoch checkpoints kept on disk (about 90 MB each)")
     # A checkpoint (weights + momentum, ~90 MB) costs a fraction of a second (checkpoint_seconds in
     # metrics.jsonl): nothing next to a CPU epoch, possibly a visible share of a ~1 s GPU epoch.
     checkpoint_every: int = opt(1, "epochs between checkpoints (the last epoch always gets one); a kill "
@@ -111,6 +135,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def effective_max_lr(self) -> float:
+        """The peak learning rate training uses: --max-lr as given, else 0.4 x batch_size / 512."""
+        return self.max_lr if self.max_lr is not None else lr_for_batch(REFERENCE_MAX_LR, self.batch_size)
+
+    def max_lr_rule(self) -> str:
+        """Where the effective max_lr comes from, for the run header."""
+        if self.max_lr is not None:
+            return "as given"
+        return f"{REFERENCE_MAX_LR} x batch {self.batch_size}/{REFERENCE_BATCH}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,7 +198,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in _NON_NEGATIVE:
         if values[name] < 0:
             raise bad(name, values[name], "must be >= 0")
-    if not cfg.max_lr > 0:
+    if cfg.max_lr is not None and not cfg.max_lr > 0:
         raise bad("max_lr", cfg.max_lr, "the learning rate must be > 0")
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size", "keep_checkpoints", "checkpoint_every"):
         if values[name] < 1:
@@ -214,7 +249,8 @@ def add_dataclass_arguments(group, cls: type, skip: tuple[str, ...] = (), prefix
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        text = f"{meta.get('help', '')} (default: {default})"
+        shown = meta.get("shown_default") or default
+        text = f"{meta.get('help', '')} (default: {shown})"
         choices = meta.get("choices")
         if kind is bool:
             group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -235,8 +271,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
     group = parser.add_argument_group("training configuration")
     add_dataclass_arguments(group, TrainConfig, skip)
     add_dataclass_arguments(parser.add_argument_group("augmentation (training images only)"), AugConfig, skip)
-    group.add_argument("--config", type=Path, default=None,
-                       help="JSON file of config fields (e.g. a run's config.json); flags override it")
+    group.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="JSON file of config fields (e.g. a run's config.json); flags override it "
+                            "(default: none)")
 
 
 def config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> TrainConfig:

@@ -38,7 +38,7 @@ from distributed.config import TrainConfig
 from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
 from distributed.model import count_parameters, unwrap
 from distributed.pipeline import (Pipeline, auto_workers, build_accelerator, build_model, build_pipeline,
-                                  build_scheduler, eval_loader)
+                                  build_scheduler, eval_loader, progress_bar)
 from distributed.rundir import RunWriter, TrainerState
 
 
@@ -142,13 +142,9 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
     step_losses, step_lrs = [], []
     seen, wait, lr, start = 0, 0.0, 0.0, time.perf_counter()
-    bar = None
-    if progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-        # disable=None: no bar when stderr is not a terminal (batch logs keep only the epoch lines).
-        bar = tqdm(total=len(p.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   dynamic_ncols=True, disable=None)
-        bar = None if bar.disable else bar  # and no .item() syncs for a bar nobody sees
+    bar = progress_bar(len(p.train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress and accelerator.is_main_process)
+    # .item() syncs with a GPU: there the loss/accuracy shown are refreshed every 10 steps only.
+    every = 1 if accelerator.device.type == "cpu" else 10
     t0 = time.perf_counter()
     for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
         wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
@@ -175,12 +171,12 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         step_lrs.append(lr)
         correct += (out.detach().argmax(1) == y).sum()
         seen += y.shape[0]
-        if bar is not None and (step % 10 == 0 or step == len(p.train_loader) - 1):
-            # .item() syncs with the GPU: only every 10 steps, on the main process.
-            rate = seen * accelerator.num_processes / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{rate:,.0f}")
-            bar.update(step + 1 - bar.n)
+        if bar is not None:
+            if step % every == 0 or step == len(p.train_loader) - 1:
+                rate = seen * accelerator.num_processes / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{rate:,.0f}", refresh=False)
+            bar.update(1)
         t0 = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -191,7 +187,8 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     elapsed = time.perf_counter() - start
     loss_total, correct_total, n_total, ce_total, *per_step = totals.tolist()
     if not math.isfinite(loss_total):
-        raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr")
+        raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr "
+                                 f"(this run: {cfg.effective_max_lr:.3g}) or let --find-lr choose it")
     if steps is not None:
         first = epoch * len(p.train_loader) + 1
         steps.extend({"step": first + i, "epoch": epoch + 1, "lr": step_lr, "loss": v / accelerator.num_processes}
@@ -202,12 +199,13 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False, *, label_smoothing: float = 0.0,
-             both: bool = False) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False, progress: str | None = None, *,
+             label_smoothing: float = 0.0, both: bool = False) -> dict[str, Any]:
     """Loss/accuracy over a prepared loader; `gather_for_metrics` drops the padding DDP adds,
     so every image counts exactly once whatever the batch size and number of processes.
 
     tta:             average the logits of each image and its horizontal mirror (`--tta`).
+    progress:        the label of a progress bar (main process, terminal only); None: no bar.
     label_smoothing: also return `loss_smoothed`, the cross-entropy with this smoothing (what the
                      training loss measures); `loss` is always the plain cross-entropy.
     both:            also return `logits_plain` and `logits_tta` (one more forward pass when tta
@@ -217,6 +215,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
     was_training = model.training
     model.eval()
     plain, mirrored, labels, indices = [], [], [], []
+    bar = progress_bar(len(loader), progress, progress is not None and accelerator.is_main_process)
     for x, y, idx in loader:
         out = model(x).float()
         flip = model(x.flip(3)).float() if tta or both else out
@@ -225,6 +224,10 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
         mirrored.append(flip)
         labels.append(y)
         indices.append(idx)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     plain, labels, indices = torch.cat(plain), torch.cat(labels), torch.cat(indices)
     averaged = (plain + torch.cat(mirrored)) / 2 if tta or both else plain
@@ -241,17 +244,50 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
 
 
 def _validate_and_step(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler,
-                       row: dict[str, Any]) -> None:
+                       row: dict[str, Any], progress: bool = True) -> None:
     """Validation loss/accuracy into `row` (None without a split), then the per-epoch schedules."""
     t_eval = time.perf_counter()
-    val = (evaluate(p.model, p.val_loader, accelerator, cfg.tta, label_smoothing=cfg.label_smoothing)
-           if p.val_loader is not None else None)
+    val = (evaluate(p.model, p.val_loader, accelerator, cfg.tta, "validating" if progress else None,
+                    label_smoothing=cfg.label_smoothing) if p.val_loader is not None else None)
     row.update(val_loss=val and val["loss"], val_loss_smoothed=val and val.get("loss_smoothed", val["loss"]),
                val_acc=val and val["acc"], eval_seconds=time.perf_counter() - t_eval)
     if cfg.scheduler == "plateau":
         scheduler.step(row["val_acc"] if val else row["train_acc"])
     elif cfg.scheduler == "step":
         scheduler.step()
+
+
+# A loss this many times the chance-level loss ln(classes) is not a slow start but divergence; the
+# accuracy test waits for the warm-up, whose rising learning rate may disturb the first epochs.
+EXPLODED_LOSS_FACTOR = 10.0
+CHANCE_MARGIN = 1.2
+
+
+def warmup_epochs(cfg: TrainConfig) -> int:
+    """Epochs of OneCycle's warm-up (rounded up); 1 for the other schedules, so that the first,
+    noisiest epoch is never judged."""
+    return max(1, math.ceil(cfg.pct_start * cfg.epochs)) if cfg.scheduler == "onecycle" else 1
+
+
+def divergence_warning(cfg: TrainConfig, row: dict[str, Any], num_classes: int) -> str | None:
+    """One line when an epoch looks diverged though its loss is finite (a NaN loss raises instead):
+    the validation loss (training loss without a split) has exploded, at any epoch, or after the
+    warm-up both accuracies sit at chance (1/classes). None when the epoch looks healthy.
+
+    Only a warning: in a search such a trial is an ordinary weak trial that ASHA stops.
+    """
+    split = "val" if row.get("val_acc") is not None else "train"
+    loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
+    chance_loss = math.log(num_classes)
+    fix = f"lower --max-lr (this run: {cfg.effective_max_lr:.3g}) or let --find-lr choose it"
+    if loss > EXPLODED_LOSS_FACTOR * chance_loss:
+        return (f"warning: {split} loss {loss:.4g} has exploded (a model that guesses scores {chance_loss:.2f}): "
+                f"training is diverging; {fix}")
+    chance = CHANCE_MARGIN / num_classes
+    if row["epoch"] > warmup_epochs(cfg) and acc <= chance and row["train_acc"] <= chance:
+        return (f"warning: {split} accuracy {acc:.3f} is still at chance (1/{num_classes}) after the warm-up: "
+                f"training has likely diverged; {fix}")
+    return None
 
 
 def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
@@ -272,7 +308,7 @@ def _say(accelerator: Accelerator, line: str) -> None:
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochCallback | None = None,
         resume: bool = False, data: CifarArrays | None = None, evaluate_test: bool = True,
         progress: bool = True, accelerator: Accelerator | None = None,
-        stop: StopFlag | None = None) -> dict[str, Any]:
+        stop: StopFlag | None = None, cli_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ResNet18 on CIFAR-10 as `cfg` says into `run_dir` (default runs_dir/name); return the summary.
 
     callback:      called on every process after each epoch is logged (Tune reports here).
@@ -282,6 +318,12 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     evaluate_test: False in search trials: they select on validation only and never see the test set.
     stop:          from `stop_on_signals`: once set (on any rank), training ends before the next step
                    on every rank with `Preempted`; the current epoch is lost, nothing is half-written.
+    progress:      progress bars on a terminal (train.py); a search trial's output goes to a file.
+    cli_options:   command-line choices that are not config fields (e.g. --no-report), kept in
+                   config.json under "cli" so that `--resume` remembers them.
+
+    The run directory is created when the first epoch ends: a run that fails or is stopped before
+    that leaves nothing behind, and its name stays free.
     """
     started = time.perf_counter()  # total_seconds counts start-up, evaluation and checkpoints too
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.runs_dir) / cfg.name
@@ -298,20 +340,21 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     p = build_pipeline(cfg, accelerator, data)
     scheduler = build_scheduler(cfg, p.optimizer, len(p.train_loader))
     accelerator.register_for_checkpointing(scheduler)
-    meta = run_meta(cfg, accelerator, p)
-    writer.write_config(meta)
+    meta = {**run_meta(cfg, accelerator, p), **({"cli": cli_options} if cli_options else {})}
     checkpoints = rundir.checkpoint_dirs(writer.run_dir) if resume else []
     state = rundir.read_trainer_state(checkpoints[-1]) if checkpoints else TrainerState()
     if checkpoints:
         accelerator.load_state(str(checkpoints[-1]))
         log(f"resumed {writer.run_dir} from epoch {state.epoch}")
-    writer.reset_metrics(state.epoch)
+    elif resume and writer.path(rundir.CONFIG).exists():
+        log(f"{writer.run_dir}: starting over: no checkpoint yet")
+    writer.reset_metrics(state.epoch, state.row)
     accelerator.wait_for_everyone()
     previous_total = state.total_seconds  # earlier invocations, up to their last checkpoint
     steps_per_epoch = len(p.train_loader)
     log(f"{writer.run_dir}: {len(p.split.train)} train / {len(p.split.val)} val / {len(p.split.test)} test images, "
         f"{meta['device']}, {meta['mixed_precision']} precision, global batch {cfg.batch_size}, "
-        f"{meta['num_params']:,} parameters")
+        f"max_lr {cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()}), {meta['num_params']:,} parameters")
     tracking.start(cfg, accelerator, writer.run_dir, purge_step=state.epoch * steps_per_epoch + 1)
     resume_epoch = state.epoch if checkpoints else 0  # what a --resume after a stop continues from
     try:
@@ -320,8 +363,6 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     finally:
         tracking.finish(accelerator)
     return summary
-
-
 
 
 def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, scheduler, writer: RunWriter,
@@ -339,10 +380,11 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
                    **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress, steps, should_stop)}
         except Preempted as e:  # add what a --resume continues from
             raise Preempted(e.signal_name, e.epoch, resume_epoch) from None
+        _validate_and_step(cfg, accelerator, p, scheduler, row, progress)
+        writer.write_config(meta)  # the run directory appears with its first finished epoch
         # Before the checkpoint: a kill after it is resumed from the previous checkpoint, whose
         # reset drops these rows, so no step is ever logged twice.
         writer.log_steps(steps)
-        _validate_and_step(cfg, accelerator, p, scheduler, row)
         state.wall_seconds += row["epoch_seconds"]
         row["wall_seconds"] = state.wall_seconds
         t_save = time.perf_counter()
@@ -351,12 +393,16 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         state.epoch, state.total_seconds = epoch + 1, previous_total + time.perf_counter() - started
         # Every rank takes the same branch (save_state synchronises them): it depends on the epoch only.
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        state.row = {**row, "checkpoint_seconds": None}
         ckpt = writer.checkpoint(accelerator, state, cfg.keep_checkpoints) if due else None
         resume_epoch = state.epoch if due else resume_epoch
         row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
         writer.log_epoch(row)
         tracking.log_epoch(accelerator, row, steps)
         log(_epoch_line(cfg, row))
+        warning = divergence_warning(cfg, row, p.num_classes)
+        if warning:
+            log(warning)
         if callback is not None:
             callback(EpochReport(epoch + 1, row, writer.run_dir, ckpt, accelerator.is_main_process))
 
@@ -365,7 +411,8 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         log("warning: model weights differ between processes; the distributed setup is broken")
     writer.save_final(accelerator.unwrap_model(p.model))
     # The test set is touched once, at the end, by the final weights: it selects nothing.
-    test = evaluate(p.model, p.test_loader, accelerator, cfg.tta, both=True) if evaluate_test else None
+    test = (evaluate(p.model, p.test_loader, accelerator, cfg.tta, "testing" if progress else None, both=True)
+            if evaluate_test else None)
     if test is not None:
         tracking.log_test(accelerator, test, step=cfg.epochs * len(p.train_loader))
     summary = writer.finish(meta, test, ranks_in_sync=in_sync,
@@ -416,7 +463,7 @@ def run_meta(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline) -> dict[st
     else:
         device = f"{accelerator.num_processes} x CPU ({platform.processor() or platform.machine()}, " \
                  f"{os.cpu_count()} cores)"
-    return {"config": cfg.to_dict(), "versions": versions, "python": platform.python_version(),
+    return {"config": cfg.to_dict(), "effective_max_lr": cfg.effective_max_lr, "versions": versions, "python": platform.python_version(),
             "git_commit": commit, "hostname": socket.gethostname(), "device": device,
             "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
             "num_params": count_parameters(p.model),

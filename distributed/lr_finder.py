@@ -21,7 +21,9 @@ from distributed.rundir import RunWriter
 def find_lr(cfg: TrainConfig, run_dir: str | Path, *, data: CifarArrays | None = None,
             use_suggestion: bool = True) -> TrainConfig:
     """Run the LR range test on the run's own data and model, write lr_find.json, and return `cfg`
-    with the max_lr to train with: the suggestion, or cfg.max_lr when `use_suggestion` is False.
+    with the max_lr to train with: the suggestion, or the config's own (`effective_max_lr`: --max-lr
+    when given, else the batch-scaled default) when `use_suggestion` is False. Either way the
+    returned config holds it as an explicit max_lr, so config.json says what was trained with.
 
     Refuses a run directory that already holds a run, as `fit` would, before any work.
     """
@@ -32,7 +34,7 @@ def find_lr(cfg: TrainConfig, run_dir: str | Path, *, data: CifarArrays | None =
     writer.start(cfg.to_dict(), resume=False)
     result = run_range_test(cfg, accelerator, build_pipeline(cfg, accelerator, data))
     accelerator.free_memory()
-    result["chosen_max_lr"] = result["suggested_max_lr"] if use_suggestion else cfg.max_lr
+    result["chosen_max_lr"] = result["suggested_max_lr"] if use_suggestion else cfg.effective_max_lr
     writer.write_lr_find(result)
     accelerator.print(f"LR range test: suggested max_lr {result['suggested_max_lr']:.3g}, "
                       f"training with {result['chosen_max_lr']:.3g}")

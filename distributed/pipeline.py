@@ -6,6 +6,7 @@ benchmarks all build through these functions, so none of them can drift from the
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,28 @@ def check_launch(accelerator: Accelerator) -> None:
             f"`ACCELERATE_USE_CPU=true torchrun --nproc_per_node {launched} distributed/train.py ...`")
 
 
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A tqdm bar on stderr when `enabled` and stderr is a terminal, else None: logs and pipes keep
+    only the epoch lines, and nobody pays the GPU syncs of a bar nobody sees.
+
+    A terminal that reports no size (0 x 0: a pseudo-terminal opened without one, as `script`,
+    `docker exec -t` and some IDE consoles give, with or without `accelerate launch`) made tqdm
+    print nothing at all: it read -1 rows and hid the bar as "below the screen". Such a terminal
+    gets a fixed 100 x 24.
+    """
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        size = os.terminal_size((0, 0))
+    sized = size.columns > 0 and size.lines > 0
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=sized,
+                ncols=None if sized else 100, nrows=None if sized else 24)
+
+
 def auto_workers(cfg: TrainConfig, accelerator: Accelerator) -> int:
     """DataLoader workers per process: the cores of this node shared among its processes.
 
@@ -134,8 +157,9 @@ def build_model(cfg: TrainConfig, num_classes: int, accelerator: Accelerator) ->
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """SGD with the recipe's momentum, Nesterov and L2 weight decay, at max_lr (the schedule moves it)."""
-    return torch.optim.SGD(params, lr=cfg.max_lr, momentum=cfg.momentum,
+    """SGD with the recipe's momentum, Nesterov and L2 weight decay, at the effective max_lr (the
+    schedule moves it)."""
+    return torch.optim.SGD(params, lr=cfg.effective_max_lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
 
 
@@ -240,7 +264,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
             warnings.warn(f"--pct-start {cfg.pct_start} leaves no whole warm-up phase in {total} steps; "
                           f"using {pct_start:.3f}", stacklevel=2)
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.max_lr, total_steps=total, pct_start=pct_start,
+            opt, max_lr=cfg.effective_max_lr, total_steps=total, pct_start=pct_start,
             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
             base_momentum=0.85 * cfg.momentum, max_momentum=cfg.momentum, anneal_strategy="linear")
     if cfg.scheduler == "plateau":

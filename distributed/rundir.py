@@ -32,15 +32,22 @@
                          num_params, mean, std, weights (the file predictions.npz came from), plus
                          ranks_in_sync (train.py) or trial_id, trial_status, search, params (a search's best/)
       lr_find.json       LR range test (--find-lr): lrs, losses, smoothed, suggested_max_lr, chosen_max_lr
+      train.log          a search trial's own output (its epoch lines, warnings, the traceback of a failure)
+
+    config.json appears when the first epoch ends, with "effective_max_lr" (the rate trained with,
+    --max-lr or 0.4 x batch/512) and "cli" (command-line choices such as --no-report, for --resume).
 
     runs/search-<name>/  (tuning/search.py)
       search.json        the search's own settings, its space, base config and summary
       results.csv        one row per trial, best validation accuracy first
       trials/<id>/       each trial's run directory (layout above, never test-evaluated) + params.json,
                          attempts.jsonl (one line per start of the trial: node_ids and pids of its
-                         processes by rank, from_epoch its checkpoint, started) and, for a trial that
-                         ended itself as failed (diverged, or its sampled config was refused: a
-                         retry would fail again), failed.json ({"error": reason, "epoch"})
+                         processes by rank, from_epoch its checkpoint, started), train.log (its own
+                         output) and, for a trial that ended itself as failed (diverged, or its
+                         sampled config was refused: a retry would fail again), failed.json
+                         ({"error": reason, "epoch"}); once a trial has ended, its epoch checkpoints
+                         and final weights are removed (best weights and small files stay) unless
+                         --keep-trial-checkpoints
       best/              the best trial in the layout above, test-evaluated once
 
 `RunWriter` is the only code that writes these files (the search's own two, search.json and
@@ -52,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +88,7 @@ BEST_TRIAL = "best"
 PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
 ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it resumed from
 FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
+TRAIN_LOG = "train.log"           # a trial's own output
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -206,6 +215,9 @@ class TrainerState:
     best_epoch: int = 0
     wall_seconds: float = 0.0          # training epochs only
     total_seconds: float = 0.0         # everything fit did, up to the last checkpoint
+    # The checkpointed epoch's metrics row (checkpoint_seconds unknown yet): metrics.jsonl gets the row
+    # only after the checkpoint, so a kill in between is repaired from here on resume.
+    row: dict[str, Any] | None = None
 
     def improves(self, row: dict[str, Any]) -> bool:
         """Record `row` as the best epoch when it ranks above the best so far; True if it did.
@@ -235,6 +247,9 @@ class RunWriter:
         finished run (resume), else None. Reads only, on every process, so all ranks stop alike."""
         saved = self.path(CONFIG)
         if saved.exists() and not resume:
+            if not checkpoint_dirs(self.run_dir) and not self.path(SUMMARY).exists():
+                raise ConfigError(f"{self.run_dir} holds a run stopped before its first checkpoint; --resume starts "
+                                  f"it over (nothing to lose), or choose another --name")
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --name")
         if saved.exists():
@@ -276,15 +291,18 @@ class RunWriter:
         if self.is_main:
             write_json(self.path(FAILED), {"error": error, "epoch": epoch})
 
-    def reset_metrics(self, last_epoch: int) -> None:
+    def reset_metrics(self, last_epoch: int, last_row: dict[str, Any] | None = None) -> None:
         """Keep only the epochs a resumed checkpoint covers (all of them gone when starting over),
-        in metrics.jsonl and steps.jsonl alike."""
+        in metrics.jsonl and steps.jsonl alike. `last_row`, the checkpoint's own epoch row
+        (`TrainerState.row`), is put back when a kill came between the checkpoint and its log line."""
         if not self.is_main:
             return
         for name in (METRICS, STEPS):
-            if not self.path(name).exists():
+            if not self.path(name).exists() and not (name == METRICS and last_row):
                 continue
             rows = [r for r in read_jsonl(self.path(name)) if r.get("epoch", 0) <= last_epoch]
+            if name == METRICS and last_row and not any(r.get("epoch") == last_row["epoch"] for r in rows):
+                rows.append(last_row)
             with atomic_path(self.path(name)) as tmp:
                 tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
 
@@ -345,6 +363,49 @@ class RunWriter:
         accelerator.wait_for_everyone()
         return final
 
+    @contextmanager
+    def output_to_log(self) -> Iterator[Path]:
+        """Send this process's stdout and stderr (file descriptors 1 and 2, so C++ warnings and
+        logging handlers too) to train.log, appended; restore them afterwards. A search trial's
+        output goes there instead of the search's terminal."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = self.path(TRAIN_LOG)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        # Line by line, so that `tail -f train.log` follows a running trial.
+        buffering = [(s, s.line_buffering) for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure")]
+        try:
+            with open(log, "a") as f:
+                os.dup2(f.fileno(), 1)
+                os.dup2(f.fileno(), 2)
+            for stream, _ in buffering:
+                stream.reconfigure(line_buffering=True)
+            yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for stream, line_buffering in buffering:
+                stream.reconfigure(line_buffering=line_buffering)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+    def prune_ended(self) -> int:
+        """Free the disk of a run that nothing will resume (an ended search trial): remove its epoch
+        checkpoints and final weights, keep the small files and best.safetensors (what results.csv,
+        best/ and the report read). Returns the bytes freed."""
+        if not self.is_main:
+            return 0
+        freed = 0
+        doomed = [self.path(CHECKPOINTS), self.path(FINAL_WEIGHTS), *self.run_dir.glob(".tmp.*")]
+        for path in doomed:
+            if path.exists():
+                freed += disk_bytes(path)
+                _remove(path)
+        return freed
+
     # -- at the end
     def finish(self, meta: dict[str, Any], test: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
         """Write predictions.npz (when there is a test result) and summary.json; return the summary.
@@ -358,6 +419,14 @@ class RunWriter:
                              indices=test["indices"].astype(np.int64), **both)
             write_json(self.path(SUMMARY), summary)
         return summary
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes a file or folder holds (files only)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def read_trainer_state(checkpoint: Path) -> TrainerState:

@@ -256,6 +256,8 @@ def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
     for k, v in cfg.to_dict().items():
         if isinstance(v, dict):
             rows += [(f"{k}.{k2}", show(v2)) for k2, v2 in v.items()]
+        elif k == "max_lr" and v is None:  # the batch-scaled default: show the rate it resolved to
+            rows.append((k, f"{cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()})"))
         else:
             rows.append((k, show(v)))
     return rows
@@ -434,7 +436,7 @@ def _curve_figures(page: _Page) -> None:
     if run.steps:
         figures.plot_lr_schedule(run.steps, page.fig(
             "lr", "lr_schedule.png", "Learning rate (left) and training loss (right) at every optimiser step "
-                                     "(steps.jsonl), against the epoch"), max_lr=cfg.max_lr)
+                                     "(steps.jsonl), against the epoch"), max_lr=cfg.effective_max_lr)
     elif any(r.get("lr") is not None for r in metrics):
         figures.plot_lr_schedule([], page.fig("lr", "lr_schedule.png",
                                               "Learning rate at the last step of each epoch (this run predates the "

@@ -5,6 +5,7 @@ results on disk after every step, within what the device tool returns.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -197,8 +198,21 @@ def test_a_failed_critical_step_ends_the_session(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_session, "plan", lambda o: steps)
     summary = gpu_session.Session(_options(tmp_path)).run()
     assert [s["status"] for s in summary["steps"]] == ["failed", "skipped"]
-    assert summary["skipped"][0]["reason"] == "not run: the critical step smoke failed"
+    assert summary["skipped"][0]["reason"] == "the critical step smoke failed"
     assert "no CUDA device" in summary["steps"][0]["error"]
+
+
+def test_steps_chosen_alone_run_without_the_steps_they_need(tmp_path, monkeypatch):
+    """`--steps train-seed1` in a second call on a warm machine: the critical smoke step and the need
+    that were left out block nothing (on the GPU this once skipped every step)."""
+    steps = [_step("smoke", "import sys; sys.exit('must not run')", critical=True),
+             _json_step("first", needs=("smoke",)), _json_step("second", needs=("first",))]
+    monkeypatch.setattr(gpu_session, "plan", lambda o: steps)
+    o = dataclasses.replace(_options(tmp_path), only=("second",))
+    summary = gpu_session.Session(o).run()
+    assert [s["status"] for s in summary["steps"]] == ["skipped", "skipped", "ok"]
+    assert {s["step"]: s["reason"] for s in summary["skipped"]} == {"smoke": "not selected (--steps)",
+                                                                    "first": "not selected (--steps)"}
 
 
 def test_bad_session_flags_get_one_line(tmp_path):

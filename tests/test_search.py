@@ -29,6 +29,12 @@ FIXED = {"dropout": 0.0, "weight_decay": 5e-4, "l1": 0.0, "flip_p": 0.0, "affine
 GOOD_LR, BAD_LR, DIVERGING_LR = 0.05, 1e-5, 1e30
 
 
+def at_512(lr: float) -> float:
+    """A space gives learning rates at batch 512 (scaled to the search's batch): the value that
+    trains at `lr` with the tests' batch of 20."""
+    return lr * 512 / int(TINY["batch_size"])
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -51,14 +57,14 @@ def _results(search_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
+def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, capsys):
     """4 trials in sequence, seed 0 draws max_lr = diverging, good, good, bad: the diverging one fails
     (NonFiniteLossError -> ERROR) and the search goes on; ASHA stops the bad one after epoch 1;
     the best trial is exported and tested once."""
     from tuning.config import SearchConfig
     from tuning.runner import run_search
 
-    space = {**FIXED, "max_lr": {"type": "choice", "values": [BAD_LR, GOOD_LR, DIVERGING_LR]}}
+    space = {**FIXED, "max_lr": {"type": "choice", "values": [at_512(BAD_LR), at_512(GOOD_LR), at_512(DIVERGING_LR)]}}
     search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
                           seed=0, verbose=0)
     # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not.
@@ -80,13 +86,21 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
     vals = [float(r["best_val_acc"]) for r in rows if r["best_val_acc"]]
     assert vals == sorted(vals, reverse=True) and rows[-1]["status"] == "ERROR"
     assert (summary["completed"], summary["stopped"], summary["failed"]) == (2, 1, 1)
+    # The compact view counts the diverged trial as failed, says why once, and never shows its NaN as best.
+    shown = capsys.readouterr().out
+    progress = [x for x in shown.splitlines() if x.startswith("[")]
+    assert "2 finished, 1 stopped early, 1 failed, 0 waiting" in progress[-1], shown
+    assert "val_acc nan" not in shown and shown.count("failed: NonFiniteLossError") == 1, shown
 
-    # every trial that ran has fit's files in its own run dir; none of them touched the test set
+    # every trial that finished an epoch has fit's files in its own run dir (the one that failed in
+    # epoch 1 only its params and log: fit writes config.json when the first epoch ends); none of
+    # them touched the test set
     for r in rows:
         tdir = sdir / "trials" / r["trial_id"]
-        assert (tdir / "config.json").exists()
+        assert (tdir / "params.json").exists()
         if r["status"] != "ERROR":
-            assert (tdir / "metrics.jsonl").exists() and (tdir / "steps.jsonl").exists()
+            assert (tdir / "config.json").exists() and (tdir / "metrics.jsonl").exists()
+            assert (tdir / "steps.jsonl").exists()
             if log_with == "tensorboard":
                 assert list((tdir / "tensorboard").glob("events.out.tfevents.*")), r["trial_id"]
         if r["status"] == "TERMINATED":  # ASHA kills a stopped trial before fit's summary
@@ -111,8 +125,20 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path):
         assert (z["logits"].argmax(1) == z["labels"]).mean() == pytest.approx(bsum["test_acc"])
     info = json.loads((sdir / "search.json").read_text())
     assert info["status"] == "finished" and info["summary"]["best_trial"] == bsum["trial_id"]
-    assert info["space"]["max_lr"]["values"] == [BAD_LR, GOOD_LR, DIVERGING_LR]
+    assert info["space"]["max_lr"]["values"] == [at_512(BAD_LR), at_512(GOOD_LR), at_512(DIVERGING_LR)]
+    assert info["space_at_batch"]["max_lr"]["values"] == pytest.approx([BAD_LR, GOOD_LR, DIVERGING_LR])
     assert (sdir / "ray").is_dir()
+
+    # An ended trial keeps what results.csv, best/ and the report read, not its checkpoints (~90 MB
+    # each) and final weights; its own output is in its train.log, not on the search's terminal.
+    for r in rows:
+        tdir = sdir / "trials" / r["trial_id"]
+        assert not (tdir / "checkpoints").exists() and not (tdir / "model.safetensors").exists(), r
+        log = (tdir / "train.log").read_text()
+        if r["status"] == "ERROR":
+            assert "NonFiniteLossError" in log and "Traceback" in log
+        else:
+            assert (tdir / "best.safetensors").exists() and "epoch   1/2" in log
 
 
 def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
@@ -120,9 +146,9 @@ def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     from tuning.config import SearchConfig
     from tuning.runner import run_search
 
-    space = {**FIXED, "max_lr": GOOD_LR}
+    space = {**FIXED, "max_lr": at_512(GOOD_LR)}
     search = SearchConfig(name="ddp", num_samples=1, workers_per_trial=2, cpus_per_trial=1, space=space,
-                          verbose=0)
+                          verbose=0, keep_trial_checkpoints=True)
     summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
     sdir = tmp_path / "search-ddp"
     rows = _results(sdir)
@@ -131,6 +157,24 @@ def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     assert trial["world_size"] == 2
     assert summary["test_acc"] is not None
     assert json.loads((sdir / "best" / "summary.json").read_text())["world_size"] == 2
+    # --keep-trial-checkpoints: the ended trial keeps everything; both ranks' output is in its log
+    tdir = sdir / "trials" / rows[0]["trial_id"]
+    assert (tdir / "checkpoints").is_dir() and (tdir / "model.safetensors").exists()
+    assert "epoch   1/1" in (tdir / "train.log").read_text()
+
+
+def test_a_finite_but_diverging_trial_is_an_ordinary_trial(ray_session, fake_cifar, tmp_path):
+    """max_lr 3 at batch 20 explodes the validation loss (~1e20) without a NaN: the trial is not a
+    crash but a weak trial (ASHA's to stop); its log carries the divergence warning."""
+    from tuning.config import SearchConfig
+    from tuning.runner import run_search
+
+    search = SearchConfig(name="boom", num_samples=1, space={**FIXED, "max_lr": at_512(3.0)}, verbose=0)
+    summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
+    rows = _results(tmp_path / "search-boom")
+    assert [r["status"] for r in rows] == ["TERMINATED"] and summary["failed"] == 0, rows
+    log = (tmp_path / "search-boom" / "trials" / rows[0]["trial_id"] / "train.log").read_text()
+    assert "has exploded" in log and "NonFiniteLossError" not in log
 
 
 def test_bad_space_is_one_line_error(tmp_path, fake_cifar):
@@ -143,7 +187,7 @@ def test_bad_space_is_one_line_error(tmp_path, fake_cifar):
         assert out.returncode == 2, (extra, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (extra, out.stderr)
-    assert not (tmp_path / "search-search").exists()
+    assert not list(tmp_path.glob("search-*"))
 
 
 def test_space_overrides_and_cutout_kept_valid():
@@ -172,18 +216,38 @@ def test_space_overrides_and_cutout_kept_valid():
     assert draw(0) == vals and draw(1) != vals  # the search seed decides the draws
 
 
+def test_a_search_with_unfinished_trials_is_interrupted_whatever_tune_counts():
+    """Interruption is read from each trial's own last result: one trial still running or waiting
+    (or one never created) means the search is not done, and its best is not test-evaluated."""
+    from tuning import results
+    from tuning.runner import summary_line
+
+    ended = [{"status": s} for s in ("TERMINATED", "STOPPED", "ERROR")]
+    assert not results.interrupted(ended, 3)
+    assert results.interrupted(ended, 4)  # a trial Tune never created
+    for unfinished in ("RUNNING", "PENDING"):
+        assert results.interrupted([*ended, {"status": unfinished}], 4)
+    line = summary_line({"search_dir": "runs/search-s", "trials": 32, "wall_seconds": 179, "completed": 2,
+                         "stopped": 13, "failed": 0, "interrupted": True})
+    assert "2 completed, 13 stopped early, 0 failed, 17 not finished" in line
+    assert "continue with --name s --resume" in line
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig):
     """Ctrl-C (or kill -9 of the driver: no chance to clean up) after the first trial finished;
     --resume runs only the rest."""
     space = tmp_path / "space.json"
-    space.write_text(json.dumps({**FIXED, "max_lr": GOOD_LR}))
+    space.write_text(json.dumps({**FIXED, "max_lr": at_512(GOOD_LR)}))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
            "--data-dir", str(fake_cifar), "--num-samples", "3", "--epochs", "1", "--num-cpus", "2",
            "--max-concurrent-trials", "1", "--space", str(space), "--no-report", *TINY_FLAGS]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     sdir = tmp_path / "search-res"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Its own session, so that Ctrl-C can reach the whole process group, as a terminal sends it
+    # (Ray's worker processes included): what a GPU session's SIGINT showed to fool Tune's counts.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     deadline = time.time() + 240
     done: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
@@ -193,21 +257,39 @@ def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig)
         time.sleep(0.5)
     assert done, "no trial finished before the deadline"
     first = done[0].parent
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
     finished_before = {p.parent.name: (p.parent / "metrics.jsonl").read_text()
                        for p in (sdir / "trials").glob("*/summary.json")}
     assert first.name in finished_before
     assert len(finished_before) < 3, out[-3000:]
     assert json.loads((sdir / "search.json").read_text())["status"] != "finished"
+    if sig == signal.SIGINT:
+        assert "continue with --name res --resume" in out and "not finished" in out, out[-3000:]
     mtimes = {t: (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished_before}
 
+    # --no-report is not typed again: the search remembers it (a report would go to cwd/reports)
     res = subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir",
-                          str(tmp_path), "--resume", "--num-cpus", "2", "--no-report"],
-                         capture_output=True, text=True, env=env, timeout=300)
+                          str(tmp_path), "--resume", "--num-cpus", "2"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not (tmp_path / "reports").exists()
     rows = _results(sdir)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+    # The search's own output is a few plain lines: no status tables, no colour codes, no Ray
+    # notices, no epoch lines (those are in each trial's train.log); every ended trial pruned.
+    shown = res.stdout + res.stderr
+    for noise in ("\x1b[", "== Status ==", "Token authentication", "epoch   1/1", "Traceback"):
+        assert noise not in shown, (noise, shown[-3000:])
+    assert len(shown.splitlines()) <= 12, shown
+    assert "3 trials: 0 running, 3 finished, 0 stopped early, 0 failed, 0 waiting" in shown
+    for r in rows:
+        tdir = sdir / "trials" / r["trial_id"]
+        assert "epoch   1/1" in (tdir / "train.log").read_text()
+        assert not (tdir / "checkpoints").exists() and (tdir / "best.safetensors").exists()
     for t, text in finished_before.items():  # finished trials were not run again
         assert (sdir / "trials" / t / "metrics.jsonl").read_text() == text
         assert (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns == mtimes[t]

@@ -122,8 +122,14 @@ def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
     cfg = tiny_cfg(fake_cifar, tmp_path, name="once", epochs=1)
     (tmp_path / "once").mkdir()
     (tmp_path / "once" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a run stopped before its first checkpoint; --resume starts it over"):
+        fit(cfg, progress=False)
+    ckpt = tmp_path / "once" / rundir.CHECKPOINTS / "epoch_0001"
+    ckpt.mkdir(parents=True)
+    (ckpt / rundir.TRAINER_STATE).write_text("{}")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         fit(cfg, progress=False)
+    assert (tmp_path / "once" / "config.json").read_text() == "{}"
 
 
 def _comparable(rows):
@@ -191,6 +197,20 @@ def test_a_half_written_checkpoint_is_ignored_on_resume(basic_run, tmp_path):
     summary = fit(longer, resume=True, progress=False)  # epoch 3 of 3 is done: only the test eval runs
     assert summary["epochs"] == 3 and summary["test_count"] == 30
     assert len(rundir.read_metrics(run)) == 3
+
+
+def test_a_kill_between_the_checkpoint_and_its_log_line_loses_no_epoch_row(basic_run, tmp_path):
+    """The checkpoint of epoch 3 is in place but metrics.jsonl never got epoch 3's row (killed in
+    between): --resume puts the row back from the checkpoint instead of ending with 2 epochs logged."""
+    cfg, _, run = basic_run
+    full = rundir.read_metrics(run)
+    run = copy_unfinished(run, tmp_path / "basic")
+    (run / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in full[:2]))
+    summary = fit(cfg.replace(runs_dir=str(tmp_path)), resume=True, progress=False)
+    rows = rundir.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs"] == 3
+    assert _comparable(rows) == _comparable(full)  # the same row, only its checkpoint time unknown
+    assert rows[2]["checkpoint_seconds"] is None and rows[2]["val_acc"] == full[2]["val_acc"]
 
 
 def test_resume_refuses_a_changed_recipe(basic_run, tmp_path):

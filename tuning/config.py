@@ -6,24 +6,31 @@ Every field with a flag is an option of `tuning/search.py`, built from this data
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from distributed.config import ConfigError, opt
 
 
+def dated_name() -> str:
+    """The default search name: when it started, to the second (runs/search-20261126-143205)."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """A Ray Tune search: how many trials, ASHA's settings, and the resources of each trial."""
 
-    name: str = opt("search", "search name: the folder runs-dir/search-NAME")
-    num_samples: int = opt(32, "trials to sample")
+    name: str = opt(help="search name: the folder runs-dir/search-NAME (--resume needs it)", factory=dated_name,
+                    shown_default="the start time, e.g. 20261126-143205")
+    num_samples: int = opt(32, "trials to sample (each a full training run of up to --epochs epochs)")
     grace_period: int = opt(1, "ASHA: epochs every trial gets before it may be stopped")
-    reduction_factor: int = opt(2, "ASHA: keep the best 1/N of the trials at each rung")
-    gpus_per_trial: float | None = opt(None, "GPUs per trial process, fractions share one GPU "
-                                             "(None: 1 when a GPU is visible, else 0)")
-    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial process")
-    workers_per_trial: int = opt(1, "DDP workers per trial (Ray Train TorchTrainer); "
+    reduction_factor: int = opt(2, "ASHA: keep the best 1/N of the trials at each rung (a count, >= 2)")
+    gpus_per_trial: float | None = opt(None, "GPUs per trial process, fractions share one GPU",
+                                       shown_default="1 when the cluster has a GPU, else 0")
+    cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial process")
+    workers_per_trial: int = opt(1, "DDP worker processes per trial (Ray Train TorchTrainer); "
                                     "gpus/cpus-per-trial are then per worker")
     placement_strategy: str = opt("PACK", "where the workers of a DDP trial go: PACK (few nodes, fast "
                                           "collectives), SPREAD, STRICT_PACK (one node), STRICT_SPREAD "
@@ -32,12 +39,19 @@ class SearchConfig:
     max_trial_retries: int = opt(2, "times a trial whose worker process or node was lost is retried, from "
                                     "its own last checkpoint (a trial whose loss diverged is never retried)")
     max_concurrent_trials: int = opt(0, "trials running at once (0: as many as the resources allow)")
-    address: str | None = opt(None, "join a running Ray cluster (auto or HOST:PORT; None: start a local Ray)")
-    num_cpus: int | None = opt(None, "CPUs a local Ray may use (None: all)")
+    address: str | None = opt(None, "join a running Ray cluster: auto or HOST:PORT",
+                              shown_default="start a local Ray on this machine")
+    num_cpus: int | None = opt(None, "CPU cores a local Ray may use", shown_default="all of this machine's")
     resume: bool = opt(False, "continue runs-dir/search-NAME after an interruption, with its saved settings")
     space: dict[str, Any] = opt(factory=dict, cli=False)  # overrides merged over space.DEFAULT_SPACE
     seed: int = opt(0, "seed of the hyperparameter sampling", flag="--search-seed")
-    verbose: int = opt(1, cli=False)
+    verbose: bool = opt(False, "Ray Tune's own status table (about 200 columns, every 30 s) and Ray's worker "
+                               "output, instead of the one-line progress view")
+    # An ended trial (finished, stopped by ASHA or failed) is never resumed: its epoch checkpoints and
+    # final weights (~180 + 45 MB) are dead weight; its best weights are kept for best/.
+    keep_trial_checkpoints: bool = opt(False, "keep every ended trial's epoch checkpoints and final weights "
+                                              "(about 200 MB a trial) instead of only its best weights "
+                                              "and small files")
     # Copy every epoch checkpoint (~90 MB) into Ray's storage. Only needed on a cluster whose nodes
     # do not share --runs-dir: trials resume from their own run dir otherwise, and the copy costs I/O.
     tune_checkpoints: bool = opt(False, "also copy each epoch checkpoint into Ray's storage "

@@ -14,6 +14,8 @@ from distributed.config import TrainConfig
 from distributed.rundir import RunWriter
 from tuning import space as space_mod
 
+ENDED = ("TERMINATED", "STOPPED", "ERROR")   # trial states Tune never resumes
+
 
 def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
     """One row per trial, best validation accuracy first: Tune's `Result` of each trial (error,
@@ -41,20 +43,28 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
         trials.append({"trial_id": trial_id, "status": status, "epochs": epochs,
                        "best_val_acc": best["val_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
                        "last_val_acc": vals[-1]["val_acc"] if vals else None, "params": params, "run_dir": run_dir,
-                       "error": failure or (_error_line(result.error) if result.error is not None else None),
+                       "error": failure or (error_line(result.error) if result.error is not None else None),
                        # where its last start ran (one node id per rank), and how often it started
                        "node_ids": attempts[-1]["node_ids"] if attempts else [], "attempts": len(attempts)})
     trials.sort(key=lambda t: (t["best_val_acc"] is None, -(t["best_val_acc"] or 0.0), t["trial_id"]))
     return trials
 
 
-def _error_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """The line of a trial's error that names it (Ray wraps it in its own traceback text)."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln:
             return ln[:300]
     return lines[-1][:300] if lines else type(error).__name__
+
+
+def interrupted(trials: list[dict[str, Any]], num_samples: int) -> bool:
+    """Whether the search stopped before every trial ended: fewer trials than asked for, or some still
+    RUNNING or PENDING. Judged from each trial's own last result (`collect`), not from Tune's trial
+    states: after a SIGINT to the whole process group (Ctrl-C in a terminal, a scheduler's stop), Ray
+    2.60's ResultGrid counted unfinished trials as terminated, and the search claimed to be done."""
+    return len(trials) < num_samples or any(t["status"] not in ENDED for t in trials)
 
 
 def select_best(trials: list[dict[str, Any]]) -> dict[str, Any] | None:

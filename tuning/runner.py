@@ -9,15 +9,21 @@ inside each) launched from the Tune trial, whose rank-0 reports reach Tune via `
 Layout (see distributed/rundir.py):
     runs/search-<name>/search.json, results.csv, trials/<trial_id>/ (fit's run dir), best/, ray/ (Tune's
     experiment, what `--resume` restores), ray-train/ (Train V2 runs of DDP trials).
+
+Output: one compact progress view (tuning/progress.py); each trial's own output goes to its
+trials/<id>/train.log, never to the search's terminal. `verbose` brings back Tune's status tables.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from distributed import rundir
 from distributed.config import ConfigError, TrainConfig
@@ -45,6 +51,32 @@ class _TrialSetup:
 
 
 # ----------------------------------------------------------------------------- trial side
+@contextmanager
+def _output_to_trial_log(run_dir: Path) -> Iterator[None]:
+    """This process's output into the trial's train.log; an exception's traceback too, before it
+    propagates (Tune records the trial as ERROR; the log keeps the whole story)."""
+    with RunWriter(run_dir).output_to_log():
+        try:
+            yield
+        except Exception:  # not SystemExit: that is how Tune stops a trial
+            traceback.print_exc(file=sys.stderr)
+            raise
+
+
+def _logged_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
+    """The Tune trainable: `_trial` with its output in trials/<id>/train.log."""
+    from ray import tune
+
+    with _output_to_trial_log(Path(setup.search_dir) / rundir.TRIALS / tune.get_context().get_trial_id()):
+        _trial(config, setup)
+
+
+def _logged_fit_and_report(job: dict[str, Any]) -> None:
+    """A DDP worker's loop: `_fit_and_report` with the worker's output in the trial's train.log."""
+    with _output_to_trial_log(Path(job["run_dir"])):
+        _fit_and_report(job)
+
+
 def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     """One Tune trial: its config, then `fit` in this process or DDP over `setup.workers` workers."""
     from ray import tune
@@ -73,7 +105,7 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
 
     use_gpu = setup.gpus > 0
     trainer = TorchTrainer(
-        _fit_and_report, train_loop_config=job,
+        _logged_fit_and_report, train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=setup.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": setup.cpus,
                                                                      **({"GPU": setup.gpus} if use_gpu else {})},
@@ -126,6 +158,10 @@ def _fit_and_report(job: dict[str, Any]) -> None:
         # ends here, recorded as failed, instead of raising, which Tune would retry like a lost
         # worker (its FailureConfig cannot tell them apart). Every DDP rank gets here alike: the
         # loss that diverged is the all-reduced one.
+        # The trial's own log (train.log) keeps the traceback; the search's terminal gets one line.
+        traceback.print_exc()
+        print(f"trial failed: {type(e).__name__}: {e} (recorded in {rundir.FAILED}; not retried)", file=sys.stderr,
+              flush=True)
         epochs = rundir.read_metrics(run_dir)
         writer.write_failure(f"{type(e).__name__}: {e}", (epochs[-1]["epoch"] if epochs else 0) + 1)
         # Tune wants its metric in a trial's last result; NaN ranks nowhere, and without "epoch"
@@ -195,17 +231,24 @@ def load_saved_search(search_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return TrainConfig.from_dict(saved["base_config"]), saved["search"]
 
 
-def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None) -> dict[str, Any]:
+def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
+               cli_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the search; write search.json, results.csv and best/; return the summary.
 
-    base_cfg: every trial's config before its sampled params (epochs = ASHA's max epochs).
-    data:     preloaded CifarArrays (default: read base_cfg.data_dir once here).
+    base_cfg:    every trial's config before its sampled params (epochs = ASHA's max epochs).
+    data:        preloaded CifarArrays (default: read base_cfg.data_dir once here).
+    cli_options: command-line choices that are not settings (e.g. --no-report), kept in search.json
+                 for `--resume`.
     Raises ConfigError on bad settings; failed trials do not raise (status ERROR in results.csv).
+    A trial whose loss explodes but stays finite is an ordinary weak trial (ASHA stops it); only a
+    non-finite loss fails one.
     """
     start = time.time()
     search_dir = search_dir_for(base_cfg, search.name)
     space = space_mod.merge_space(search.space)
     space_mod.validate_space(space, base_cfg)
+    # Learning rates in a space are at batch 512; trials sample them at this search's batch.
+    trial_space = space_mod.at_batch(space, base_cfg.batch_size)
     if base_cfg.val_size <= 0:
         raise ConfigError("invalid --val-size 0: a search selects on validation accuracy; give it a split")
     if base_cfg.log_with != "none":
@@ -222,17 +265,23 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None)
     search_dir.mkdir(parents=True, exist_ok=True)
     saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
     previous_wall = saved.get("wall_seconds") or 0.0
+    lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
+    print(f"search {search_dir.name}: {'resuming, ' if search.resume else ''}{search.num_samples} trials of up to "
+          f"{base_cfg.epochs} epochs, global batch {base_cfg.batch_size}"
+          f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
+          f"{rundir.TRAIN_LOG}", flush=True)
 
+    started_ray = init_ray(search)  # before `import ray`: Ray reads some settings when imported
     import ray
     from ray import tune
 
-    started_ray = init_ray(search)
     try:
         if search.gpus_per_trial is None:  # a GPU anywhere in the cluster: one per trial
             search = replace(search, gpus_per_trial=1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
         info: dict[str, Any] = {
             "name": search.name, "search": _search_settings(search), "space": space,
-            "base_config": base_cfg.to_dict(), "metric": METRIC, "mode": MODE, "status": "running",
+            "space_at_batch": trial_space, "base_config": base_cfg.to_dict(),
+            "cli": cli_options or saved.get("cli") or {}, "metric": METRIC, "mode": MODE, "status": "running",
             "started": saved.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
         rundir.write_json(search_dir / rundir.SEARCH_JSON, info)
         if data is None:
@@ -242,18 +291,25 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None)
         setup = _TrialSetup(base_cfg.to_dict(), str(search_dir), data_ref, search.workers_per_trial,
                             search.cpus_per_trial, search.gpus_per_trial, search.tune_checkpoints,
                             search.placement_strategy)
-        trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), trial_resources(search))
+        trainable = tune.with_resources(tune.with_parameters(_logged_trial, setup=setup), trial_resources(search))
         if search.resume:
             tuner = tune.Tuner.restore(str(ray_path), trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(space),
+            tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(trial_space),
                                tune_config=tune_config(base_cfg, search),
-                               run_config=run_config(search_dir, search, list(space)))
-        grid = tuner.fit()
+                               run_config=run_config(search_dir, search, list(space), base_cfg.epochs))
+        from tuning.progress import tune_error_logs
+
+        with tune_error_logs(search.verbose):
+            grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
+        if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
+            for t in trials:
+                if t["status"] in results.ENDED:
+                    RunWriter(t["run_dir"]).prune_ended()
         # Tune returns normally after Ctrl-C: an interrupted search has unfinished or unstarted trials.
-        interrupted = len(trials) < search.num_samples or grid.num_terminated + grid.num_errors < len(grid)
+        interrupted = results.interrupted(trials, search.num_samples)
         best = results.select_best(trials)
         # The test set is touched once, when the search is done.
         best_summary = results.export_best(search_dir, best, data) if best is not None and not interrupted else None
@@ -273,6 +329,7 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None)
         "best_params": best["params"] if best else None,
         "test_acc": best_summary["test_acc"] if best_summary else None,
         "interrupted": interrupted,
+        "disk_bytes": rundir.disk_bytes(search_dir),
     }
     info.update(status="interrupted" if interrupted else "finished", wall_seconds=wall, summary=summary,
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -289,8 +346,12 @@ def summary_line(s: dict[str, Any]) -> str:
                 f"test_acc {s['test_acc']:.4f}")
     else:
         best = "no trial produced a validation result"
+    disk = f" | {s['disk_bytes'] / 1e6:,.0f} MB on disk" if s.get("disk_bytes") is not None else ""
+    left = s["trials"] - s["completed"] - s["stopped"] - s["failed"]
+    unfinished = f", {left} not finished" if left else ""
     return (f"search {Path(s['search_dir']).name}: {s['trials']} trials in {s['wall_seconds']:.0f} s | "
-            f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed | {best}")
+            f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed{unfinished} | "
+            f"{best}{disk}")
 
 
 def _search_settings(search: SearchConfig) -> dict[str, Any]:
@@ -303,15 +364,25 @@ def _search_settings(search: SearchConfig) -> dict[str, Any]:
 def init_ray(search: SearchConfig) -> bool:
     """Start a local Ray, or join the cluster at `search.address`, with no dashboard and no usage
     stats; False if Ray was already initialised. ConfigError when the cluster cannot be joined."""
+    if "ray" not in sys.modules and not search.address:
+        # A new local Ray turns token authentication on and says so in a warning on every start;
+        # asking for it explicitly keeps it on without the notice. Ray reads the mode when it is
+        # imported, so only before the first `import ray` (a joined cluster brings its own mode).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a log (--verbose)
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    # Tune's own progress output (CLIReporter) instead of the new AIR console output.
+    # Tune's own progress output (CLIReporter, --verbose) instead of the new AIR console output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Trials write their output to their own train.log; without --verbose nothing of the workers'
+    # output is relayed to this terminal.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                              "log_to_driver": bool(search.verbose),
                               "runtime_env": {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                            "RAY_TRAIN_V2_ENABLED": "1"}}}
     if search.address:
@@ -380,16 +451,22 @@ def tune_config(base_cfg: TrainConfig, search: SearchConfig):
                            trial_dirname_creator=lambda trial: trial.trial_id)
 
 
-def run_config(search_dir: Path, search: SearchConfig, params: list[str] | None = None):
+def run_config(search_dir: Path, search: SearchConfig, params: list[str] | None = None, max_epochs: int = 1):
+    """Tune's RunConfig: storage in the search directory, no retries, the compact progress view and
+    the pruning of ended trials (tuning/progress.py), Tune's wide status table only when verbose."""
     from ray import tune
+
+    from tuning.progress import SearchProgress
 
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "train_loss": "train_loss"},
-        parameter_columns=params, max_report_frequency=30, sort_by_metric=True)
+        parameter_columns=params, max_report_frequency=30, sort_by_metric=True) if search.verbose else None
+    progress = SearchProgress(search_dir, search.num_samples, max_epochs, show=not search.verbose,
+                              prune=not search.keep_trial_checkpoints)
     return tune.RunConfig(
         name=RAY_DIR, storage_path=str(search_dir),
         # A trial that raises (its worker process or node lost, or a bug) is retried from its own
         # last checkpoint; one that diverged ends itself as failed without raising (_fit_and_report).
         failure_config=tune.FailureConfig(max_failures=search.max_trial_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        progress_reporter=reporter, verbose=search.verbose)
+        callbacks=[progress], progress_reporter=reporter, verbose=1 if search.verbose else 0)

@@ -12,6 +12,11 @@ field (`max_lr`, `flip_p`, ...) and spec is one of
 
 An override file (`--space FILE`, YAML or JSON) is merged over `DEFAULT_SPACE`: a key replaces
 that field's spec, and `null` removes the field from the search (the base config's value is used).
+
+Learning rates are given at global batch 512, like the recipe's 0.4: every max_lr value of a space
+(bounds, choices, a constant) is scaled linearly to the search's --batch-size before Tune samples
+it (`at_batch`), the rule train.py's default max_lr follows. params.json and results.csv hold the
+rates the trials trained with.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from distributed.config import ConfigError, TrainConfig
+from distributed.config import REFERENCE_BATCH, ConfigError, TrainConfig, lr_for_batch
 
-# Ranges for a ResNet18 OneCycle recipe at global batch 512 (max_lr 0.4 is the hand-tuned default).
+# Ranges for a ResNet18 OneCycle recipe at global batch 512 (max_lr 0.4 is the hand-tuned default);
+# max_lr is scaled to the search's batch (`at_batch`).
 DEFAULT_SPACE: dict[str, Any] = {
     "max_lr": {"type": "loguniform", "lower": 0.05, "upper": 1.0},
     "dropout": {"type": "uniform", "lower": 0.0, "upper": 0.3},
@@ -117,6 +123,46 @@ def validate_space(space: dict[str, Any], base_cfg: TrainConfig) -> None:
         if kind == "off_or_loguniform":
             values.append(0.0)
         _check_values(base_cfg, key, values, where)
+
+
+LR_FIELDS = ("max_lr",)
+
+
+def at_batch(space: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The space as trials sample it: every learning-rate value (given at global batch 512) times
+    batch_size / 512. Call after `validate_space`."""
+    out = copy.deepcopy(space)
+    for key in LR_FIELDS:
+        spec = out.get(key)
+        if spec is None or batch_size == REFERENCE_BATCH:
+            continue
+        if not isinstance(spec, dict):
+            out[key] = lr_for_batch(spec, batch_size)
+            continue
+        for bound in ("lower", "upper"):
+            if bound in spec:
+                spec[bound] = lr_for_batch(spec[bound], batch_size)
+        if "values" in spec:
+            spec["values"] = [lr_for_batch(v, batch_size) for v in spec["values"]]
+    return out
+
+
+def describe_lr(space: dict[str, Any], batch_size: int) -> str | None:
+    """One phrase for the search header: the max_lr range at 512 and at this batch."""
+    given, used = space.get("max_lr"), at_batch(space, batch_size).get("max_lr")
+    if given is None:
+        return None
+
+    def span(spec: Any) -> str:
+        if not isinstance(spec, dict):
+            return f"{spec:.3g}"
+        if "values" in spec:
+            return "{" + ", ".join(f"{v:.3g}" for v in spec["values"]) + "}"
+        return f"{spec['lower']:.3g}-{spec['upper']:.3g}"
+
+    if batch_size == REFERENCE_BATCH:
+        return f"max_lr {span(used)} (at batch {REFERENCE_BATCH})"
+    return f"max_lr {span(used)} ({span(given)} at batch {REFERENCE_BATCH}, x {batch_size}/{REFERENCE_BATCH})"
 
 
 def _field_names() -> set[str]:
