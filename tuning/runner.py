@@ -292,16 +292,17 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
                             search.cpus_per_trial, search.gpus_per_trial, search.tune_checkpoints,
                             search.placement_strategy)
         trainable = tune.with_resources(tune.with_parameters(_logged_trial, setup=setup), trial_resources(search))
-        if search.resume:
-            tuner = tune.Tuner.restore(str(ray_path), trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(trial_space),
-                               tune_config=tune_config(base_cfg, search),
-                               run_config=run_config(search_dir, search, list(space), base_cfg.epochs))
         from tuning.progress import tune_error_logs
 
+        # Restoring reads the saved trials too, and warns about each that never reported.
         with tune_error_logs(search.verbose):
+            if search.resume:
+                tuner = tune.Tuner.restore(str(ray_path), trainable, resume_unfinished=True,
+                                           resume_errored=False, restart_errored=False)
+            else:
+                tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(trial_space),
+                                   tune_config=tune_config(base_cfg, search),
+                                   run_config=run_config(search_dir, search, list(space), base_cfg.epochs))
             grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
         if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
