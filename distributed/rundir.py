@@ -298,11 +298,11 @@ class RunWriter:
         if not self.is_main:
             return
         for name in (METRICS, STEPS):
-            if not self.path(name).exists() and not (name == METRICS and last_row):
-                continue
             rows = [r for r in read_jsonl(self.path(name)) if r.get("epoch", 0) <= last_epoch]
-            if name == METRICS and last_row and not any(r.get("epoch") == last_row["epoch"] for r in rows):
+            if name == METRICS and last_row and last_row["epoch"] not in {r.get("epoch") for r in rows}:
                 rows.append(last_row)
+            if not rows and not self.path(name).exists():
+                continue
             with atomic_path(self.path(name)) as tmp:
                 tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
 

@@ -13,6 +13,10 @@ from typing import Any
 from distributed.config import ConfigError, opt
 
 
+# Ray's placement-group strategies for the workers of a DDP trial.
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 def dated_name() -> str:
     """The default search name: when it started, to the second (runs/search-20261126-143205)."""
     return time.strftime("%Y%m%d-%H%M%S")
@@ -35,7 +39,7 @@ class SearchConfig:
     placement_strategy: str = opt("PACK", "where the workers of a DDP trial go: PACK (few nodes, fast "
                                           "collectives), SPREAD, STRICT_PACK (one node), STRICT_SPREAD "
                                           "(one node each)",
-                                  choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+                                  choices=PLACEMENT_STRATEGIES)
     max_trial_retries: int = opt(2, "times a trial whose worker process or node was lost is retried, from "
                                     "its own last checkpoint (a trial whose loss diverged is never retried)")
     max_concurrent_trials: int = opt(0, "trials running at once (0: as many as the resources allow)")
@@ -78,9 +82,8 @@ class SearchConfig:
             raise bad("cpus-per-trial", self.cpus_per_trial, "must be > 0")
         if self.workers_per_trial < 1:
             raise bad("workers-per-trial", self.workers_per_trial, "must be >= 1")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise bad("placement-strategy", self.placement_strategy,
-                      "choose PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise bad("placement-strategy", self.placement_strategy, f"choose one of {', '.join(PLACEMENT_STRATEGIES)}")
         if self.max_trial_retries < 0:
             raise bad("max-trial-retries", self.max_trial_retries, "must be >= 0")
         if self.max_concurrent_trials < 0:
