@@ -222,6 +222,24 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+def test_slurm_script_takes_the_first_node_of_a_long_nodelist(tmp_path):
+    """`scontrol show hostnames` prints one line per node; the script takes the first without a
+    pipe that can kill scontrol with SIGPIPE (under pipefail that ended a job with 141, once, in CI)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nfor ((i = 0; i < 200000; i++)); do echo node$i; done\n")
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$@"\n')  # show the launch line instead of running it
+    for name in ("srun", "scontrol"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[0-199999]"}
+    for _ in range(3):
+        r = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sbatch")], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, (r.returncode, r.stdout[-500:], r.stderr[-500:])
+        assert "--main_process_ip node0 " in r.stdout, r.stdout
+
+
 def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resumes(two_node_run, fake_cifar, tmp_path):
     runs, data, out, log = tmp_path / "runs", tmp_path / "data", tmp_path / "slurm-4242.out", tmp_path / "slurm.log"
     _fake_slurm(tmp_path / "bin", log)
