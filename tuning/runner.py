@@ -322,7 +322,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     results.write_results_csv(search_dir / rundir.RESULTS_CSV, trials, list(space))
     wall = time.time() - start + previous_wall
     summary = {
-        "search_dir": str(search_dir), "wall_seconds": wall, "trials": len(trials),
+        # Trials asked for: Tune creates them lazily, so an interrupted search may know fewer.
+        "search_dir": str(search_dir), "wall_seconds": wall, "trials": max(len(trials), search.num_samples),
         "completed": counts["TERMINATED"], "stopped": counts["STOPPED"], "failed": counts["ERROR"],
         "best_trial": best["trial_id"] if best else None,
         "best_val_acc": best["best_val_acc"] if best else None,
