@@ -130,17 +130,21 @@ class ListLoader:
 
 
 def synthetic_batches(n: int, batch_size: int, device: str, channels_last: bool, seed: int = 0,
-                      num_classes: int = 10):
-    """n distinct random batches (normalised-image-like floats, labels) on the device."""
+                      num_classes: int = 10, uint8: bool = False):
+    """n distinct random batches (x, labels, indices) on the device: normalised-image-like floats
+    [B, 3, 32, 32], or (`uint8`) what the loader sends, uint8 images [B, 32, 32, 3]."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        x = torch.randn(batch_size, 3, 32, 32, generator=g)
+        if uint8:
+            x = torch.randint(0, 256, (batch_size, 32, 32, 3), generator=g, dtype=torch.uint8)
+        else:
+            x = torch.randn(batch_size, 3, 32, 32, generator=g)
         y = torch.randint(0, num_classes, (batch_size,), generator=g)
         x = x.to(device)
-        if channels_last:
+        if channels_last and not uint8:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append((x, y.to(device), torch.arange(batch_size, device=device)))
     return out

@@ -10,6 +10,12 @@ Goal: ours >= 10x faster, maps within 1e-4.
     python benchmarks/bench_gradcam.py                         # CPU: 128 test images
     python benchmarks/bench_gradcam.py --device cuda           # 10,000 test images
     python benchmarks/bench_gradcam.py --weights runs/x/model.safetensors
+    python benchmarks/bench_gradcam.py --device cuda --profile out/   # + torch.profiler tables
+
+`--profile DIR`, after the timed comparison, profiles one batch of each with `torch.profiler`
+(CPU and, on a GPU, CUDA activity) and writes `gradcam-profile.txt`: the operators of ours and of
+the library sorted by their self time on the device that does the work. Its JSON line gets the
+top operators of each, so the session's record says where the time goes, not only how much.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=None, help="test images (default: 10000 cuda, 128 cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 500 cuda, 64 cpu")
     p.add_argument("--weights", default=None, help="model.safetensors to explain (default: seeded random init)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also profile one batch of each with torch.profiler into DIR/gradcam-profile.txt")
     return p.parse_args(argv)
 
 
@@ -102,6 +110,8 @@ def main(argv=None) -> None:
             for k in layers:
                 max_diff = max(max_diff, float(np.abs(ours_maps[k].numpy() - lib_maps[k]).max()))
             done += xb.shape[0]
+        profile = (profile_one_batch(x_all[:bs].to(device), device, cam, lib_cams, layers, args.profile)
+                   if args.profile else None)
     for c in lib_cams.values():
         c.activations_and_grads.release()
 
@@ -114,9 +124,67 @@ def main(argv=None) -> None:
         "max_abs_diff": max_diff, "goal_max_abs_diff": 1e-4,
         "goal_met": bool(speedup >= 10.0 and max_diff <= 1e-4),
     })
+    if profile:
+        res["profile"] = profile
     emit(res, f"gradcam [{device}, {done} images, 4 layers]: ours {ours_s:.2f} s vs pytorch-grad-cam {lib_s:.2f} s "
               f"-> {speedup:.1f}x faster (goal 10x); max |diff| {max_diff:.2e} (goal 1e-4)")
 
 
+def profile_one_batch(xb, device: str, cam, lib_cams: dict, layers: list[str], out_dir: str,
+                      top: int = 12) -> dict:
+    """torch.profiler over one batch of ours and of the library (after the timed, warmed-up runs).
+
+    Writes both operator tables into `out_dir/gradcam-profile.txt` and returns, per side, the total
+    self time and its `top` operators (name, self ms, calls) on the device that does the work.
+    """
+    from pathlib import Path
+
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torch.profiler import ProfilerActivity, profile
+
+    from _common import r, sync
+
+    gpu = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+    # the attribute name changed across torch versions (cuda -> device); read whichever exists
+    attrs = ("self_device_time_total", "self_cuda_time_total") if gpu else ("self_cpu_time_total",)
+
+    def self_us(ev) -> float:
+        return float(next(getattr(ev, a) for a in attrs if hasattr(ev, a)))
+
+    def ours():
+        out = cam(xb)
+        return {k: v.cpu() for k, v in out.maps.items()}, out.targets
+
+    _, targets = ours()  # the library gets the classes ours predicts, as in the timed runs
+    tg = [ClassifierOutputTarget(int(c)) for c in targets.tolist()]
+
+    def lib():
+        return {k: lib_cams[k](input_tensor=xb, targets=tg) for k in layers}
+
+    tables, summary = [], {}
+    for name, fn in (("ours", ours), ("grad-cam", lib)):
+        sync(device)
+        with profile(activities=activities, record_shapes=False) as prof:
+            fn()
+            sync(device)
+        events = [e for e in prof.key_averages() if self_us(e) > 0]
+        events.sort(key=self_us, reverse=True)
+        total = sum(self_us(e) for e in events)
+        summary[name] = {"self_ms_total": r(total / 1e3, 3), "by": key,
+                         "top": [{"op": e.key, "self_ms": r(self_us(e) / 1e3, 3), "calls": e.count}
+                                 for e in events[:top]]}
+        tables.append(f"== {name}: one batch of {xb.shape[0]} images, 4 layers, sorted by {key}\n"
+                      + prof.key_averages().table(sort_by=key, row_limit=40))
+    path = Path(out_dir) / "gradcam-profile.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(tables) + "\n")
+    summary["file"] = str(path)
+    return summary
+
+
 if __name__ == "__main__":
     main()
+

@@ -1,15 +1,22 @@
-"""Input pipeline: training images/s of our DataLoader against a bare single-process Albumentations loop.
+"""Input pipeline: training batches/s of our DataLoader (uint8 across the worker boundary,
+normalised on the device) against the float pipeline it replaced and a bare single-process loop.
 
 Ours: `CifarDataset` + `make_loader` (N workers, per-batch `__getitems__`) with the training
-transform `build_train_transform(AugConfig(), mean, std)`, iterating whole epochs over the first
-`--num-images` CIFAR-10 training images.  Bare: the same `A.Compose` applied image by image to the
-same images in this process, stacked into batches (the minimum work any loader must do).
-The first loader epoch (worker start-up) is not timed; timed epochs alternate with bare passes.
+transform `build_train_transform(AugConfig(), mean)`: uint8 batches, made model input by
+`ModelInput` in this process (on the GPU with `--device cuda`), as `fit` does.
+Float (the baseline, the pipeline before 2026-12): the same loader with
+`build_float_train_transform`: Normalize and the cutout on float32 in the workers, float NCHW
+batches across the worker boundary. Bare: our transform applied image by image in this process,
+stacked into batches (the minimum work any loader must do); bare float likewise for the baseline.
+Both loaders iterate whole epochs over the first `--num-images` CIFAR-10 training images; their
+first epoch (worker start-up) is not timed; timed epochs of all four alternate, in rotating order.
 
-    per-worker efficiency = ours / (N x bare)     (1.0 = perfect scaling over workers)
+    per-worker efficiency = loader / (N x its bare rate)     (1.0 = perfect scaling over workers)
+    speedup over float    = ours / float                    (the goal: >= 1.4 on CPU, 1 and 2 workers)
 
-With `--device cuda` it also times a bf16 training step on synthetic batches: the rate at which
-the GPU consumes images, so `loader_over_gpu` >= 1 means the loader can keep the GPU fed.
+With `--device cuda` both loaders' batches are copied to the GPU (pinned, non-blocking) and it also
+times a bf16 training step on synthetic batches: the rate at which the GPU consumes images, so
+`loader_over_gpu` >= 1 means the loader can keep the GPU fed.
 
     python benchmarks/bench_input.py --workers 2
     python benchmarks/bench_input.py --device cuda --workers 12 --num-images 20000 --batch-size 512
@@ -47,7 +54,7 @@ def main(argv=None) -> None:
 
     from _common import (bare_train_steps, base_info, emit, median, r, resolve_device, training_optimizer,
                          synthetic_batches, timer)
-    from distributed.augment import build_train_transform
+    from distributed.augment import ModelInput, build_float_train_transform, build_train_transform
     from distributed.config import AugConfig
     from distributed.data import CifarDataset, channel_stats, load_cifar10, make_loader
     from distributed.model import resnet18
@@ -67,49 +74,70 @@ def main(argv=None) -> None:
     mean, std = channel_stats(data.train_x, cache_dir=None)
     changes = {k: v for k, v in (("affine_p", args.affine_p), ("color_p", args.color_p)) if v is not None}
     aug = AugConfig(**changes)
-    tf = build_train_transform(aug, mean, std)
+    to_input = ModelInput(mean, std, channels_last)
+    # The consumer (copy to the device, ModelInput) runs in this process; with OpenMP threads it
+    # would spin on the cores the loader workers are measured on (on a 2-core CPU a batch's
+    # normalisation took 15-24 ms with 2 threads against 1 ms with one).
+    torch.set_num_threads(1)
 
-    ds = CifarDataset(data.train_x, data.train_y, idx, tf, seed=0, channels_last=channels_last)
-    loader = make_loader(ds, bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
-                                  pin_memory=gpu)
-    batches_per_epoch = len(loader)
+    class FloatBatches(CifarDataset):
+        """The baseline's batches as the workers sent them: float NCHW (contiguous off the GPU)."""
+
+        def __getitems__(self, keys):
+            x, y, i = super().__getitems__(keys)
+            x = x.permute(0, 3, 1, 2)
+            return (x if channels_last else x.contiguous()), y, i
+
+    loaders = {
+        "ours": make_loader(CifarDataset(data.train_x, data.train_y, idx, build_train_transform(aug, mean), seed=0),
+                            bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu),
+        "float": make_loader(FloatBatches(data.train_x, data.train_y, idx, build_float_train_transform(aug, mean, std),
+                                          seed=0), bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
+                             pin_memory=gpu),
+    }
+    batches_per_epoch = len(loaders["ours"])
     images_per_epoch = batches_per_epoch * bs
+    epochs = {"ours": 0, "float": 0}
 
-    epoch = 0
-
-    def ours_epoch() -> float:
-        nonlocal epoch
-        loader.sampler.set_epoch(epoch)
-        epoch += 1
+    def loader_epoch(name: str) -> float:
+        """One epoch of batches made ready for the model: on the device, and (ours) normalised."""
+        loader = loaders[name]
+        loader.sampler.set_epoch(epochs[name])
+        epochs[name] += 1
         t0 = timer()
         for x, y, _ in loader:
-            pass
+            x = x.to(device, non_blocking=gpu)
+            if name == "ours":
+                x = to_input(x)
+        if gpu:
+            torch.cuda.synchronize()
         return timer() - t0
 
     # Bare: one process, the same Compose, the same images, stacked per batch like __getitems__.
     cv2.setNumThreads(0)  # as our workers do
-    bare_tf = build_train_transform(aug, mean, std)
+    bare_tf = {"ours": build_train_transform(aug, mean), "float": build_float_train_transform(aug, mean, std)}
     images = data.train_x[:images_per_epoch]
 
-    def bare_pass() -> float:
+    def bare_pass(name: str) -> float:
         t0 = timer()
         for s in range(0, images_per_epoch, bs):
-            b = np.stack([bare_tf(image=img)["image"] for img in images[s:s + bs]])
-            torch.from_numpy(b).permute(0, 3, 1, 2).contiguous()
+            b = np.stack([bare_tf[name](image=img)["image"] for img in images[s:s + bs]])
+            x = torch.from_numpy(b)
+            if name == "float":
+                x.permute(0, 3, 1, 2).contiguous()
         return timer() - t0
 
-    startup = ours_epoch()  # worker start-up + first epoch: not timed as throughput
-    ours_t, bare_t = [], []
-    for i in range(args.repeats):
-        if i % 2 == 0:
-            bare_t.append(bare_pass())
-            ours_t.append(ours_epoch())
-        else:
-            ours_t.append(ours_epoch())
-            bare_t.append(bare_pass())
-    ours_ips = images_per_epoch / median(ours_t)
-    bare_ips = images_per_epoch / median(bare_t)
-    eff = ours_ips / (max(1, workers) * bare_ips)
+    startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
+    runs = [("ours", loader_epoch), ("float", loader_epoch), ("bare", lambda _: bare_pass("ours")),
+            ("bare_float", lambda _: bare_pass("float"))]
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    for i in range(args.repeats):  # rotate the order so drifting load hits all four alike
+        for name, fn in runs[i % 4:] + runs[:i % 4]:
+            times[name].append(fn(name))
+    ips = {name: images_per_epoch / median(t) for name, t in times.items()}
+    eff = ips["ours"] / (max(1, workers) * ips["bare"])
+    float_eff = ips["float"] / (max(1, workers) * ips["bare_float"])
+    speedup = ips["ours"] / ips["float"]
 
     gpu_ips = None
     if gpu:
@@ -126,17 +154,23 @@ def main(argv=None) -> None:
     res.update({
         "num_images": images_per_epoch, "batch_size": bs, "workers": workers, "repeats": args.repeats,
         "channels_last": channels_last, "affine_p": aug.affine_p, "color_p": aug.color_p,
-        "ours_images_per_s": r(ours_ips, 1), "bare_images_per_s": r(bare_ips, 1),
-        "per_worker_efficiency": r(eff, 3), "first_epoch_s_incl_startup": r(startup, 3),
+        "ours_images_per_s": r(ips["ours"], 1), "bare_images_per_s": r(ips["bare"], 1),
+        "per_worker_efficiency": r(eff, 3),
+        "float_images_per_s": r(ips["float"], 1), "bare_float_images_per_s": r(ips["bare_float"], 1),
+        "float_per_worker_efficiency": r(float_eff, 3), "speedup_over_float": r(speedup, 3),
+        "first_epoch_s_incl_startup": r(startup["ours"], 3),
+        "float_first_epoch_s_incl_startup": r(startup["float"], 3),
         "gpu_step_images_per_s_bf16": r(gpu_ips, 1),
-        "loader_over_gpu": r(ours_ips / gpu_ips, 3) if gpu_ips else None,
-        "ours_epoch_s_all": [r(t, 3) for t in ours_t], "bare_pass_s_all": [r(t, 3) for t in bare_t],
+        "loader_over_gpu": r(ips["ours"] / gpu_ips, 3) if gpu_ips else None,
+        "float_loader_over_gpu": r(ips["float"] / gpu_ips, 3) if gpu_ips else None,
+        **{f"{name}_epoch_s_all": [r(t, 3) for t in ts] for name, ts in times.items()},
     })
-    gpu_txt = (f"; GPU bf16 step eats {gpu_ips:,.0f} img/s -> loader/GPU {ours_ips / gpu_ips:.2f}"
-               if gpu_ips else "")
+    gpu_txt = (f"; GPU bf16 step eats {gpu_ips:,.0f} img/s -> loader/GPU {ips['ours'] / gpu_ips:.2f} "
+               f"(float {ips['float'] / gpu_ips:.2f})" if gpu_ips else "")
     emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
-              f"colour p {aug.color_p}]: ours {ours_ips:,.0f} img/s vs bare "
-              f"1-process {bare_ips:,.0f} img/s -> per-worker efficiency {eff:.2f}{gpu_txt}")
+              f"colour p {aug.color_p}]: ours (uint8) {ips['ours']:,.0f} img/s vs float pipeline "
+              f"{ips['float']:,.0f} img/s -> {speedup:.2f}x; per-worker efficiency {eff:.2f} (float "
+              f"{float_eff:.2f}){gpu_txt}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Training step: our `train_one_epoch` against a bare PyTorch loop, same model/batch/precision.
 
-Both are fed from the same in-memory batches already on the device (no data loading), so the
-difference is what our loop adds: Accelerate's prepared model/optimizer, `accelerator.backward`,
-the per-step OneCycle scheduler step, the running loss/accuracy sums and the end-of-epoch reduce.
+Both are fed from in-memory batches already on the device (no data loading). Ours gets uint8 NHWC
+images, as the loader sends them since the loader work, and normalises them on the device (`ModelInput`:
+dtype, memory format and Normalize in one pass); the bare loop gets float batches already normalised.
+So the difference is what our loop adds, device normalisation included: Accelerate's prepared
+model/optimizer, `accelerator.backward`, the per-step OneCycle scheduler step, the running
+loss/accuracy sums and the end-of-epoch reduce.
 The two are interleaved (ours, bare, bare, ours, ...) and the medians compared.  Goal: ratio <= 1.05.
 
 MFU = FLOPs per image (counted with FlopCounterMode on one forward+backward) x images/s / peak.
@@ -54,6 +57,7 @@ def main(argv=None) -> None:
 
     from _common import (ListLoader, bare_train_steps, base_info, default_peak_tflops, emit,
                          median, r, resolve_device, sync, synthetic_batches, timer, training_optimizer)
+    from distributed.augment import ModelInput
     from distributed.config import TrainConfig
     from distributed.engine import train_one_epoch
     from distributed.pipeline import Pipeline, build_accelerator, build_scheduler
@@ -92,9 +96,14 @@ def main(argv=None) -> None:
     # Ours: Accelerate-prepared model/optimizer, the real train_one_epoch over an in-memory loader.
     opt = training_optimizer(model.parameters(), lr=cfg.effective_max_lr)
     model, opt = accelerator.prepare(model, opt)
+    # Ours gets what the loader sends (uint8 images) and normalises them on the device, as fit does;
+    # the bare loop gets ready float input: the least any training step must do.
     batches = synthetic_batches(steps, bs, device, args.channels_last)
-    pipe = Pipeline(split=None, mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=10, train_loader=ListLoader(batches),
-                    val_loader=None, test_loader=None, model=model, optimizer=opt)
+    uint8_batches = synthetic_batches(steps, bs, device, args.channels_last, uint8=True)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    pipe = Pipeline(split=None, mean=mean, std=std, num_classes=10, train_loader=ListLoader(uint8_batches),
+                    val_loader=None, test_loader=None, model=model, optimizer=opt,
+                    to_input=ModelInput(mean, std, channels_last=args.channels_last and gpu))
     scheduler = build_scheduler(cfg, opt, steps)
 
     epoch = 0

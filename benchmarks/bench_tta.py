@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     from distributed.config import TrainConfig
     from distributed.data import load_cifar10, make_split
     from distributed.engine import evaluate
-    from distributed.pipeline import auto_workers, build_accelerator, build_model, eval_loader
+    from distributed.pipeline import build_accelerator, build_model, eval_loader, model_input
 
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -58,20 +58,20 @@ def main(argv=None) -> None:
     accelerator = build_accelerator(cfg)
     data = load_cifar10(cfg.data_dir, download=False)
     split = make_split(data.train_y, data.test_y, cfg.val_size, cfg.subset, cfg.test_subset)
-    loader = eval_loader(cfg, accelerator, data.train_x, data.train_y, split.val, meta["mean"], meta["std"],
-                         auto_workers(cfg, accelerator))
+    loader = eval_loader(cfg, accelerator, data.train_x, data.train_y, split.val)
+    to_input = model_input(cfg, accelerator, meta["mean"], meta["std"])
     model = build_model(cfg, len(data.classes), accelerator)
     model.load_state_dict(load_file(str(weights)))
     model, loader = accelerator.prepare(model, loader)
 
-    evaluate(model, loader, accelerator, tta=True)  # warm-up: loader workers, cuDNN autotune
+    evaluate(model, loader, to_input, accelerator, tta=True)  # warm-up: cuDNN autotune
     times: dict[bool, list[float]] = {False: [], True: []}
     results = {}
     for i in range(args.repeats):
         for tta in ((False, True) if i % 2 == 0 else (True, False)):
             sync(device)
             t0 = timer()
-            results[tta] = evaluate(model, loader, accelerator, tta=tta)
+            results[tta] = evaluate(model, loader, to_input, accelerator, tta=tta)
             sync(device)
             times[tta].append(timer() - t0)
 

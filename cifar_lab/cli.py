@@ -85,6 +85,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue runs-dir/NAME from its newest checkpoint, with its saved config and "
                              "report choices (a run without a checkpoint starts over)")
+    parser.add_argument("--debug", action="store_true",
+                        help="on a failure, print the full traceback before the one-line error, for a bug report; "
+                             "CIFAR_LAB_DEBUG=1 does the same (default: off)")
     parser.add_argument("--find-lr", action="store_true",
                         help="run the LR range test first (100 steps; lr_find.json) and train with its "
                              "suggested max_lr (or with --max-lr when given)")
@@ -136,16 +139,8 @@ def train(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        from distributed.rundir import checkpoint_dirs
-
-        if checkpoint_dirs(run_dir):
-            print(f"interrupted; continue with: {_resume_command(cfg)}", file=sys.stderr)
-        elif (run_dir / "config.json").exists():
-            print(f"interrupted before the first checkpoint; `{_resume_command(cfg)}` starts it over",
-                  file=sys.stderr)
-        else:
-            print("interrupted before the first epoch ended; nothing was written: run the same command "
-                  "again to start over", file=sys.stderr)
+        kept, then = _kept(cfg, run_dir)
+        print(f"interrupted; {kept}; {then}", file=sys.stderr)
         return 130
     except Preempted as e:
         if main_process:
@@ -154,9 +149,54 @@ def train(argv: list[str] | None = None) -> int:
             print(f"stopped by {e.signal_name} in epoch {e.epoch}, nothing half-written ({kept}); continue with: "
                   f"{_resume_command(cfg)}{launcher}", file=sys.stderr, flush=True)
         return 128 + signal.SIGTERM  # 143, what a process killed by SIGTERM returns: schedulers expect it
+    except Exception as e:  # noqa: BLE001 - every failure ends the process, saying what is kept
+        # The run has failed: torch's SIGCHLD handler reporting a dead loader worker again (it
+        # raises wherever the process is) would only interrupt the report of this failure.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _report_failure(e, cfg, run_dir, debug=args.debug or os.environ.get("CIFAR_LAB_DEBUG", "") not in ("", "0"))
+        return 1
     if summary.get("test_acc") is None or not main_process:
         return 0  # only the main process of a DDP run builds the report
     return finish_run(run_dir, args)
+
+
+def _kept(cfg, run_dir: Path) -> tuple[str, str]:
+    """What an ended run's directory keeps, and what continues it."""
+    from distributed.rundir import checkpoint_dirs
+
+    checkpoints = checkpoint_dirs(run_dir)
+    if checkpoints:
+        return (f"the checkpoint of epoch {int(checkpoints[-1].name.split('_')[-1])} is intact",
+                f"continue with: {_resume_command(cfg)}")
+    if (run_dir / "config.json").exists():
+        return "it stopped before its first checkpoint", f"`{_resume_command(cfg)}` starts it over"
+    return ("nothing was written (a run directory appears when its first epoch ends)",
+            "run the same command again to start over")
+
+
+def _report_failure(e: Exception, cfg, run_dir: Path, debug: bool) -> None:
+    """One line on stderr for a failure users meet (`distributed.failures.explain`): what happened,
+    what is kept, what to do. An unexpected error keeps its traceback, and the line follows it.
+    In a DDP job the main process speaks for failures all ranks share; a rank's own names its rank."""
+    import traceback
+
+    from distributed.failures import explain
+
+    failure = explain(e, cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    if failure is not None and failure.every_rank and rank != 0:
+        return
+    if failure is None or debug:
+        traceback.print_exc()
+    who = f"rank {rank}: " if rank != 0 else ""
+    kept, then = _kept(cfg, run_dir)
+    if failure is None:
+        line = f"unexpected {type(e).__name__} (a bug: please report it with the traceback above); {kept}; {then}"
+    elif failure.resumable:
+        line = f"{failure.what}; {kept}; {failure.fix}, then {then}"
+    else:
+        line = f"{failure.what}; {kept}, but {failure.fix}"
+    print(f"{who}error: {line}", file=sys.stderr, flush=True)
 
 
 def _resume_command(cfg) -> str:

@@ -6,8 +6,12 @@ so a resumed run, or the same run with another number of workers, sees identical
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 from dataclasses import dataclass
@@ -242,16 +246,18 @@ class EpochSampler(Sampler[int]):
 
 
 class CifarDataset(Dataset):
-    """Images and labels at given indices, with an Albumentations transform applied per batch.
+    """Images and labels at given indices, with an Albumentations transform (uint8 in and out)
+    applied per batch; batches stay uint8 [B, 32, 32, 3] (`augment.ModelInput` makes them model
+    input on the device).
 
     `__getitems__` (used by DataLoader for whole batches) reseeds the transform once per batch from
     (seed, epoch, first index): cheap, and independent of which worker or rank takes the batch.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable | None, seed: int = 0, channels_last: bool = False) -> None:
+                 transform: Callable | None, seed: int = 0) -> None:
         self.images, self.labels, self.indices = images, labels, np.asarray(indices, dtype=np.int64)
-        self.transform, self.seed, self.channels_last = transform, seed, channels_last
+        self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -269,14 +275,9 @@ class CifarDataset(Dataset):
                 self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]))
             batch = np.stack([self.transform(image=img)["image"] for img in self.images[src]])
         else:
-            batch = self.images[src].astype(np.float32) / 255.0
-        # NHWC -> NCHW view: memory stays channels_last, which GPU convolutions prefer; CPU
-        # convolutions run about 3x slower on it, so there the batch is made contiguous.
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-        if not self.channels_last:
-            x = x.contiguous()
+            batch = self.images[src]
         # Third item: positions in the source array, so predictions can name their images.
-        return x, torch.from_numpy(self.labels[src]), torch.from_numpy(src)
+        return torch.from_numpy(batch), torch.from_numpy(self.labels[src]), torch.from_numpy(src)
 
 
 def _passthrough(batch):
@@ -284,34 +285,47 @@ def _passthrough(batch):
     return batch
 
 
-def _seed_worker(worker_id: int) -> None:
+def _seed_worker(worker_id: int, trainer_exiting=None) -> None:
     """Numpy/random state per worker and rank, for any randomness outside the keyed transforms;
-    and the worker's answer to SIGTERM (`_first_sigterm_to_the_trainer`)."""
+    and the worker's answer to SIGTERM (`_sigterm_in_a_worker`)."""
     import random
     import signal
 
     import cv2
 
     cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe the cores
-    signal.signal(signal.SIGTERM, _first_sigterm_to_the_trainer)
+    signal.signal(signal.SIGTERM, functools.partial(_sigterm_in_a_worker, trainer_exiting))
     rank = int(os.environ.get("RANK", 0))
     seed = (torch.initial_seed() + 1009 * rank + worker_id) % 2**32
     np.random.seed(seed)
     random.seed(seed)
 
 
-def _first_sigterm_to_the_trainer(signum, frame) -> None:
-    """A loader worker outlives the first SIGTERM; a second one ends it.
+def _sigterm_in_a_worker(trainer_exiting, signum, frame) -> None:
+    """A loader worker outlives the first SIGTERM while its trainer runs; once the trainer is
+    exiting, SIGTERM ends it at once.
 
     SLURM and a shutting-down host signal every process of the job, loader workers included. A
     worker that died of it would make torch's SIGCHLD handler raise inside the training process,
     at any point of a step; instead the training process stops at a step boundary
-    (`engine.stop_on_signals`) and shuts its loaders down. A second SIGTERM is the loader's own
-    `terminate()` of a worker that did not exit when told to, or a user who means it.
+    (`engine.stop_on_signals`) and shuts its loaders down. A second SIGTERM ends the worker.
+
+    But an exiting trainer (a run that failed: diverged, disk full, any exception) ends its
+    workers with exactly one SIGTERM each (multiprocessing's exit handler, or torch's shutdown of
+    a worker that did not stop when told) and then waits for them: a worker that outlived that
+    one signal left the process waiting forever. `trainer_exiting` (shared memory, set by the
+    trainer's exit handler: `make_loader`) tells the two apart.
     """
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if trainer_exiting is not None and trainer_exiting.value:
+        os.kill(os.getpid(), signal.SIGTERM)  # now with the default action: the worker ends
+
+
+def _trainer_exits(trainer_exiting) -> None:
+    """At the trainer's exit (atexit): its loader workers' next SIGTERM is final."""
+    trainer_exiting.value = True
 
 
 def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int,
@@ -322,10 +336,17 @@ def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: 
     `prepared.set_epoch(e)` once Accelerate has prepared it (see `epoch_batches`).
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
+    init = None
+    if num_workers > 0:
+        # Shared with the workers (inherited at their start); registered after multiprocessing's
+        # own exit handler, so it runs before that one terminates the workers (atexit is LIFO).
+        trainer_exiting = multiprocessing.get_context().RawValue(ctypes.c_bool, False)
+        atexit.register(_trainer_exits, trainer_exiting)
+        init = functools.partial(_seed_worker, trainer_exiting=trainer_exiting)
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        worker_init_fn=init,
         prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=_passthrough,
         # Own generator: the workers' base seed must not consume the global torch RNG, or a resumed

@@ -36,14 +36,11 @@ from torch import nn
 from distributed import rundir, tracking
 from distributed.config import TrainConfig
 from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
+from distributed.failures import NonFiniteLossError
 from distributed.model import count_parameters, unwrap
-from distributed.pipeline import (Pipeline, auto_workers, build_accelerator, build_model, build_pipeline,
-                                  build_scheduler, eval_loader, progress_bar)
+from distributed.pipeline import (Pipeline, build_accelerator, build_model, build_pipeline, build_scheduler,
+                                  eval_loader, model_input, progress_bar)
 from distributed.rundir import RunWriter, TrainerState
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf loss); a Tune trial records this as failed."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +138,16 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     ce_sum = torch.zeros((), device=accelerator.device)  # plain cross-entropy, comparable to val_loss
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
     step_losses, step_lrs = [], []
-    seen, wait, lr, start = 0, 0.0, 0.0, time.perf_counter()
+    seen, wait, first_wait, lr, start = 0, 0.0, None, 0.0, time.perf_counter()
     bar = progress_bar(len(p.train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress and accelerator.is_main_process)
     # .item() syncs with a GPU: there the loss/accuracy shown are refreshed every 10 steps only.
     every = 1 if accelerator.device.type == "cpu" else 10
     t0 = time.perf_counter()
     for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
         wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
+        if first_wait is None:  # the epoch's start-up: workers spawning (first epoch), the first batches
+            first_wait = wait
+        x = p.to_input(x)
         signum = should_stop() if should_stop is not None else 0
         if signum:
             if bar is not None:
@@ -187,23 +187,24 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     elapsed = time.perf_counter() - start
     loss_total, correct_total, n_total, ce_total, *per_step = totals.tolist()
     if not math.isfinite(loss_total):
-        raise NonFiniteLossError(f"training loss became {loss_total} in epoch {epoch + 1}; lower --max-lr "
-                                 f"(this run: {cfg.effective_max_lr:.3g}) or let --find-lr choose it")
+        raise NonFiniteLossError(loss_total, epoch + 1, cfg.effective_max_lr)
     if steps is not None:
         first = epoch * len(p.train_loader) + 1
         steps.extend({"step": first + i, "epoch": epoch + 1, "lr": step_lr, "loss": v / accelerator.num_processes}
                      for i, (step_lr, v) in enumerate(zip(step_lrs, per_step)))
     return {"train_loss": loss_total / n_total, "train_ce": ce_total / n_total, "train_acc": correct_total / n_total,
             "epoch_seconds": elapsed, "images_per_sec": n_total / elapsed,
-            "data_wait_frac": wait / elapsed, "lr": lr}
+            "data_wait_frac": wait / elapsed, "first_batch_seconds": first_wait or 0.0, "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = False, progress: str | None = None, *,
-             label_smoothing: float = 0.0, both: bool = False) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader, to_input: Callable[[torch.Tensor], torch.Tensor], accelerator: Accelerator,
+             tta: bool = False, progress: str | None = None, *, label_smoothing: float = 0.0,
+             both: bool = False) -> dict[str, Any]:
     """Loss/accuracy over a prepared loader; `gather_for_metrics` drops the padding DDP adds,
     so every image counts exactly once whatever the batch size and number of processes.
 
+    to_input:        the loader's uint8 batch -> model input (`Pipeline.to_input`).
     tta:             average the logits of each image and its horizontal mirror (`--tta`).
     progress:        the label of a progress bar (main process, terminal only); None: no bar.
     label_smoothing: also return `loss_smoothed`, the cross-entropy with this smoothing (what the
@@ -217,6 +218,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, tta: bool = Fal
     plain, mirrored, labels, indices = [], [], [], []
     bar = progress_bar(len(loader), progress, progress is not None and accelerator.is_main_process)
     for x, y, idx in loader:
+        x = to_input(x)
         out = model(x).float()
         flip = model(x.flip(3)).float() if tta or both else out
         out, flip, y, idx = accelerator.gather_for_metrics((out, flip, y, idx))
@@ -247,7 +249,7 @@ def _validate_and_step(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, 
                        row: dict[str, Any], progress: bool = True) -> None:
     """Validation loss/accuracy into `row` (None without a split), then the per-epoch schedules."""
     t_eval = time.perf_counter()
-    val = (evaluate(p.model, p.val_loader, accelerator, cfg.tta, "validating" if progress else None,
+    val = (evaluate(p.model, p.val_loader, p.to_input, accelerator, cfg.tta, "validating" if progress else None,
                     label_smoothing=cfg.label_smoothing) if p.val_loader is not None else None)
     row.update(val_loss=val and val["loss"], val_loss_smoothed=val and val.get("loss_smoothed", val["loss"]),
                val_acc=val and val["acc"], eval_seconds=time.perf_counter() - t_eval)
@@ -297,6 +299,43 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
             f"data wait {100 * row['data_wait_frac']:.0f}%")
 
 
+# ----------------------------------------------------------------------------- checkpoints
+# Auto checkpoints (--checkpoint-every 0): the work between two of them is at least this many times
+# what the last one took, so they cost under 1/50 = 2% of the run.
+AUTO_CHECKPOINT_RATIO = 50
+
+
+class CheckpointClock:
+    """Which epochs end with a checkpoint: every `cfg.checkpoint_every` epochs, or (0, auto) the
+    first epoch of this invocation and then each one that ends at least AUTO_CHECKPOINT_RATIO x
+    the last checkpoint's seconds after it; always the last epoch.
+
+    A checkpoint is collective (every rank saves its random state), so all ranks must decide alike:
+    the auto decision is the main process's, broadcast to the others."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator) -> None:
+        self.every, self.epochs, self.accelerator = cfg.checkpoint_every, cfg.epochs, accelerator
+        self.cost: float | None = None      # seconds the last checkpoint took; None: none yet
+        self.since = time.perf_counter()    # when it ended
+
+    def due(self, epoch: int) -> bool:
+        """Whether `epoch` (1-based, just finished) gets a checkpoint. Call on every process."""
+        if epoch == self.epochs:
+            return True
+        if self.every:
+            return epoch % self.every == 0
+        due = self.cost is None or time.perf_counter() - self.since >= AUTO_CHECKPOINT_RATIO * self.cost
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            due = broadcast_object_list([due], from_process=0)[0]
+        return due
+
+    def written(self, seconds: float) -> None:
+        """A checkpoint that took `seconds` has just been written."""
+        self.cost, self.since = seconds, time.perf_counter()
+
+
 # ----------------------------------------------------------------------------- the run
 def _say(accelerator: Accelerator, line: str) -> None:
     """Print on the global main process only: accelerator.print prints once per node, so every
@@ -341,6 +380,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     scheduler = build_scheduler(cfg, p.optimizer, len(p.train_loader))
     accelerator.register_for_checkpointing(scheduler)
     meta = {**run_meta(cfg, accelerator, p), **({"cli": cli_options} if cli_options else {})}
+    # Before the first epoch, not after it: a folder that cannot be written, or a disk without room
+    # for a checkpoint (weights and momentum) and the best and final weights, fp32: 16 bytes a parameter.
+    rundir.check_writable(writer.run_dir, 16 * meta["num_params"])
     checkpoints = rundir.checkpoint_dirs(writer.run_dir) if resume else []
     state = rundir.read_trainer_state(checkpoints[-1]) if checkpoints else TrainerState()
     if checkpoints:
@@ -373,6 +415,7 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     would continue from (so a stop can say it)."""
     log = functools.partial(_say, accelerator)
     started, previous_total, resume_epoch = clock
+    checkpoints = CheckpointClock(cfg, accelerator)
     for epoch in range(state.epoch, cfg.epochs):
         steps: list[dict[str, Any]] = []
         try:
@@ -389,14 +432,15 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         row["wall_seconds"] = state.wall_seconds
         t_save = time.perf_counter()
         if state.improves(row):
-            writer.save_best(accelerator.unwrap_model(p.model))
+            writer.save_best(accelerator.unwrap_model(p.model))  # written in the background
         state.epoch, state.total_seconds = epoch + 1, previous_total + time.perf_counter() - started
-        # Every rank takes the same branch (save_state synchronises them): it depends on the epoch only.
-        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        due = checkpoints.due(epoch + 1)  # the same on every rank (save_state is collective)
         state.row = {**row, "checkpoint_seconds": None}
         ckpt = writer.checkpoint(accelerator, state, cfg.keep_checkpoints) if due else None
+        if due:
+            checkpoints.written(time.perf_counter() - t_save)
         resume_epoch = state.epoch if due else resume_epoch
-        row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights + checkpoint
+        row["checkpoint_seconds"] = time.perf_counter() - t_save  # best weights (their copy) + checkpoint
         writer.log_epoch(row)
         tracking.log_epoch(accelerator, row, steps)
         log(_epoch_line(cfg, row))
@@ -411,7 +455,8 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         log("warning: model weights differ between processes; the distributed setup is broken")
     writer.save_final(accelerator.unwrap_model(p.model))
     # The test set is touched once, at the end, by the final weights: it selects nothing.
-    test = (evaluate(p.model, p.test_loader, accelerator, cfg.tta, "testing" if progress else None, both=True)
+    test = (evaluate(p.model, p.test_loader, p.to_input, accelerator, cfg.tta, "testing" if progress else None,
+                     both=True)
             if evaluate_test else None)
     if test is not None:
         tracking.log_test(accelerator, test, step=cfg.epochs * len(p.train_loader))
@@ -437,12 +482,11 @@ def evaluate_weights(cfg: TrainConfig, weights: Path, mean, std, data: CifarArra
     if data is None:
         data = load_cifar10(cfg.data_dir, download=False)
     split = make_split(data.train_y, data.test_y, cfg.val_size, cfg.subset, cfg.test_subset)
-    loader = eval_loader(cfg, accelerator, data.test_x, data.test_y, split.test, mean, std,
-                         auto_workers(cfg, accelerator))
+    loader = eval_loader(cfg, accelerator, data.test_x, data.test_y, split.test)
     model = build_model(cfg, len(data.classes), accelerator)
     model.load_state_dict(load_file(str(weights)))
     model, loader = accelerator.prepare(model, loader)
-    return evaluate(model, loader, accelerator, cfg.tta, both=True)
+    return evaluate(model, loader, model_input(cfg, accelerator, mean, std), accelerator, cfg.tta, both=True)
 
 
 def run_meta(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def run_range_test(cfg: TrainConfig, accelerator, pipeline, start_lr: float = 1e
             lr = start_lr * gamma ** step
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(model(pipeline.to_input(x)), y, label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
             opt.step()
             opt.zero_grad(set_to_none=True)

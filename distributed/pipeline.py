@@ -9,6 +9,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,10 +17,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, parse_flag_from_env, set_seed
 from torch import nn
 
-from distributed.augment import build_test_transform, build_train_transform
+from distributed.augment import ModelInput, build_train_transform
 from distributed.config import ConfigError, TrainConfig
 from distributed.data import CifarArrays, CifarDataset, Split, channel_stats, load_cifar10, make_loader, make_split
 from distributed.model import resnet18
@@ -43,7 +44,8 @@ def build_accelerator(cfg: TrainConfig, run_dir: str | Path | None = None) -> Ac
         from distributed.tracking import check_tracker
 
         check_tracker(cfg.log_with)
-    init_process_group()
+    timeout = timedelta(seconds=cfg.dist_timeout)
+    init_process_group(timeout)
     accelerator = Accelerator(
         mixed_precision=precision,
         dynamo_backend="inductor" if cfg.compile else None,
@@ -52,12 +54,13 @@ def build_accelerator(cfg: TrainConfig, run_dir: str | Path | None = None) -> Ac
         step_scheduler_with_optimizer=False,
         log_with=cfg.log_with if tracking else None,
         project_dir=str(run_dir) if tracking else None,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],  # when Accelerate makes the group
     )
     check_launch(accelerator)
     return accelerator
 
 
-def init_process_group() -> None:
+def init_process_group(timeout: timedelta) -> None:
     """Create the default process group of a torchrun / `accelerate launch` worker ourselves, on a
     store namespace of its own per restart attempt; Accelerate then uses this group as it is.
 
@@ -67,6 +70,8 @@ def init_process_group() -> None:
     ranks' addresses (`connectFullMesh ... Connection refused`, which uses up the restart) or the
     store barrier of `init_process_group` counts stale arrivals and hangs. Prefixing every key with
     TORCHELASTIC_RESTART_COUNT gives each attempt a clean namespace on the same store.
+
+    `timeout` (--dist-timeout) bounds every collective: a process whose peer hangs fails after it.
 
     Does nothing outside a torchrun worker (single process, Ray Train, which has set up its own
     group), when a group exists already, or on launches Accelerate would not run distributed
@@ -87,7 +92,7 @@ def init_process_group() -> None:
     # What init_process_group(init_method="env://") does, plus the per-attempt prefix.
     store, rank, world_size = next(dist.rendezvous("env://"))
     dist.init_process_group(backend, store=dist.PrefixStore(f"attempt_{attempt}/", store),
-                            rank=rank, world_size=world_size)
+                            rank=rank, world_size=world_size, timeout=timeout)
 
 
 def check_launch(accelerator: Accelerator) -> None:
@@ -168,14 +173,20 @@ def _channels_last(cfg: TrainConfig, accelerator: Accelerator) -> bool:
 
 
 def eval_loader(cfg: TrainConfig, accelerator: Accelerator, images: np.ndarray, labels: np.ndarray,
-                indices: np.ndarray, mean, std, workers: int):
-    """An unprepared evaluation loader: normalise only, in order, every image (no drop_last;
-    `gather_for_metrics` later removes the padding DDP adds to the last batches)."""
-    ds = CifarDataset(images, labels, indices, build_test_transform(mean, std),
-                      channels_last=_channels_last(cfg, accelerator))
-    # Normalising is cheap next to the forward pass: two workers keep up.
+                indices: np.ndarray):
+    """An unprepared evaluation loader: every image, in order, untransformed uint8 (no drop_last;
+    `gather_for_metrics` later removes the padding DDP adds to the last batches).
+
+    No loader workers: a batch is one indexing copy of uint8 images (3 MB for 1,024), cheaper in
+    this process than sent from another one, and no worker processes wait between evaluations."""
+    ds = CifarDataset(images, labels, indices, transform=None)
     return make_loader(ds, max(1, cfg.eval_batch_size // accelerator.num_processes), shuffle=False, seed=0,
-                       num_workers=min(workers, 2), drop_last=False, pin_memory=accelerator.device.type == "cuda")
+                       num_workers=0, drop_last=False, pin_memory=accelerator.device.type == "cuda")
+
+
+def model_input(cfg: TrainConfig, accelerator: Accelerator, mean, std) -> ModelInput:
+    """What turns the loaders' uint8 batches into this run's model input, on its device."""
+    return ModelInput(mean, std, channels_last=_channels_last(cfg, accelerator))
 
 
 @contextmanager
@@ -209,6 +220,7 @@ class Pipeline:
     test_loader: Any
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    to_input: ModelInput        # a loader's uint8 batch -> the model's input (normalised on the device)
 
 
 def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays | None) -> Pipeline:
@@ -230,19 +242,18 @@ def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays
         raise ConfigError(f"invalid --batch-size {cfg.batch_size}: larger than the {len(split.train)} training "
                           f"images; lower it or raise --subset")
     workers = auto_workers(cfg, accelerator)
-    train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_train_transform(cfg.aug, mean, std),
-                            cfg.seed, _channels_last(cfg, accelerator))
+    train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_train_transform(cfg.aug, mean), cfg.seed)
     train_loader = make_loader(train_ds, cfg.batch_size // n, shuffle=True, seed=cfg.seed, num_workers=workers,
                                drop_last=True, pin_memory=accelerator.device.type == "cuda")
-    test_loader = eval_loader(cfg, accelerator, data.test_x, data.test_y, split.test, mean, std, workers)
-    val_loader = (eval_loader(cfg, accelerator, data.train_x, data.train_y, split.val, mean, std, workers)
-                  if len(split.val) else None)
+    test_loader = eval_loader(cfg, accelerator, data.test_x, data.test_y, split.test)
+    val_loader = eval_loader(cfg, accelerator, data.train_x, data.train_y, split.val) if len(split.val) else None
     model = build_model(cfg, len(data.classes), accelerator)
     optimizer = build_optimizer(cfg, model.parameters())
     loaders = [train_loader, test_loader] + ([val_loader] if val_loader is not None else [])
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
     val_loader = loaders[2] if val_loader is not None else None
-    return Pipeline(split, mean, std, len(data.classes), loaders[0], val_loader, loaders[1], model, optimizer)
+    return Pipeline(split, mean, std, len(data.classes), loaders[0], val_loader, loaders[1], model, optimizer,
+                    model_input(cfg, accelerator, mean, std))
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):

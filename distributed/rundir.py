@@ -11,6 +11,8 @@
                          to train_loss without L1), val_acc (val_* null when --val-size 0), lr (last lr of the epoch),
                          epoch_seconds, images_per_sec (training images/s, all processes),
                          data_wait_frac (share of step time spent waiting for the loader),
+                         first_batch_seconds (of that wait, the first batch's: worker start-up in
+                         the first epoch of an invocation, ~0 after it with persistent workers),
                          eval_seconds (validation), checkpoint_seconds (best weights + checkpoint),
                          wall_seconds (cumulative training time, survives --resume)
       steps.jsonl        one JSON object per optimiser step: step (1-based over the run), epoch, lr (the
@@ -56,10 +58,13 @@ at any moment leaves the previous version of a file or the new one, never half o
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import sys
+import tempfile
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,22 +99,102 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 # Config fields a resumed run may change: where things live and how fast they load, not what is learnt.
 RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every",
-                     "log_with"}
+                     "log_with", "dist_timeout"}
 
 
 # ----------------------------------------------------------------------------- reading and atomic writes
+class WriteError(OSError):
+    """A file could not be written because of the disk, not the program: it is full, read-only, or
+    not ours to write. `str()` is one line naming the path and the reason; `path` and `reason` are
+    kept for callers that say what is kept and how to continue."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+    def __reduce__(self):  # pickled as built (Ray carries a trial's exception across processes)
+        return type(self), (self.path, self.reason)
+
+
+# The errors a disk gives, in the words a user acts on.
+_DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _disk_reason(path: Path, exc: BaseException) -> str | None:
+    """Why writing `path` failed, if the disk is the reason; None for any other error (a bug).
+
+    Call before a half-written temporary is removed: torch's writer says only "file write
+    failed", and the free space it used up tells the full disk apart."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRORS:
+            return _DISK_ERRORS[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    for code, reason in _DISK_ERRORS.items():  # safetensors and torch put the OS's words in their message
+        if os.strerror(code) in text:
+            return reason
+    try:
+        if shutil.disk_usage(_existing_ancestor(path)).free < 1 << 20:
+            return "no space left on device"
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Within the block, an error the disk caused while writing `path` becomes a `WriteError`;
+    anything else passes unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        reason = _disk_reason(path, e)
+        if reason is None:
+            raise
+        raise WriteError(path, reason) from e
+
+
+def check_writable(folder: Path, need_bytes: int) -> None:
+    """Before training: `folder` (or the existing folder it will be made in) takes a new file, and
+    its disk has `need_bytes` free. Raises WriteError naming `folder` otherwise."""
+    base = _existing_ancestor(folder)
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise WriteError(folder, _disk_reason(base, e) or e.strerror or str(e)) from None
+    free = shutil.disk_usage(base).free
+    if free < need_bytes:
+        raise WriteError(folder, f"only {free / 1e6:.0f} MB free on its disk, and a run needs about "
+                                 f"{need_bytes / 1e6:.0f} MB (a checkpoint and its weights)")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so numpy/safetensors keep the name); when
-    the block ends without error, rename it over `path` (a file or a folder). On error it is removed."""
+    the block ends without error, rename it over `path` (a file or a folder). On error it is removed,
+    and an error of the disk (full, read-only) is raised as `WriteError`."""
     path = Path(path)
     tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
     _remove(tmp)
     try:
-        yield tmp
-        if tmp.is_dir():
-            _remove(path)  # os.replace cannot replace a non-empty folder
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            if tmp.is_dir():
+                _remove(path)  # os.replace cannot replace a non-empty folder
+            os.replace(tmp, path)
     finally:
         _remove(tmp)
 
@@ -236,9 +321,14 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, is_main: bool = True) -> None:
         self.run_dir, self.is_main = Path(run_dir), is_main
+        self._pending: Future | None = None  # the best weights being written in the background
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
+
+    def _make_dir(self) -> None:
+        with writing(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- before training
     def start(self, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -266,24 +356,24 @@ class RunWriter:
     def write_config(self, meta: dict[str, Any]) -> None:
         """config.json, once: a resumed run keeps the description of its first start."""
         if self.is_main and not self.path(CONFIG).exists():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             write_json(self.path(CONFIG), meta)
 
     def write_lr_find(self, result: dict[str, Any]) -> None:
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             write_json(self.path(LR_FIND), result)
 
     def write_params(self, params: dict[str, Any]) -> None:
         """A search trial's sampled hyperparameters (the results table reads them back)."""
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             write_json(self.path(PARAMS), params)
 
     def log_attempt(self, row: dict[str, Any]) -> None:
         """A search trial starting (first start, retry or restore): one line of attempts.jsonl."""
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             self._append(ATTEMPTS, [row])
 
     def write_failure(self, error: str, epoch: int) -> None:
@@ -318,41 +408,56 @@ class RunWriter:
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
         """JSON lines, flushed to disk (a torn last line is skipped by its readers)."""
         if self.is_main and rows:
-            with open(self.path(name), "a") as f:
+            with writing(self.path(name)), open(self.path(name), "a") as f:
                 f.write("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
                 f.flush()
                 os.fsync(f.fileno())
 
     def save_best(self, model) -> None:
-        self._save_weights(model, BEST_WEIGHTS)
-
-    def save_final(self, model) -> None:
-        self._save_weights(model, FINAL_WEIGHTS)
-
-    def _save_weights(self, model, name: str) -> None:
-        """Unwrapped fp32 weights as safetensors (what the report and the search load)."""
+        """best.safetensors, written by a background thread: training goes on meanwhile. The
+        weights are copied first, so later steps cannot change what is written; `flush` waits for
+        the write (a checkpoint or the end of the run does), and raises its error if it failed."""
         if not self.is_main:
             return
-        from safetensors.torch import save_file
+        state = _weights_copy(model)
+        self.flush()
+        from concurrent.futures import ThreadPoolExecutor
 
-        from distributed.model import unwrap
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="best-weights")
+        self._pending = pool.submit(_write_weights, state, self.path(BEST_WEIGHTS))
+        pool.shutdown(wait=False)  # the thread ends after this write; Python waits for it at exit
 
-        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous().cpu()
-                 for k, v in unwrap(model).state_dict().items()}
-        with atomic_path(self.path(name)) as tmp:
-            save_file(state, str(tmp))
+    def flush(self) -> None:
+        """Wait for the background write of the best weights; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def save_final(self, model) -> None:
+        self.flush()
+        if self.is_main:
+            _write_weights(_weights_copy(model), self.path(FINAL_WEIGHTS))
 
     def checkpoint(self, accelerator, state: TrainerState, keep: int) -> Path:
         """Accelerate `save_state` (model, optimiser, scheduler, random states of every rank) into a
         temp folder renamed into place, then prune to the newest `keep`. Call on every process."""
+        # The best weights the checkpoint's state names must be on disk before the checkpoint is:
+        # a run resumed from it reports them.
+        self.flush()
         final = self.path(CHECKPOINTS) / f"epoch_{state.epoch:04d}"
         # One temp name for all ranks (each writes its own random state into it): no pid in it.
         tmp = final.with_name(f".tmp.{final.name}")
         if self.is_main:
             _remove(tmp)
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with writing(tmp):
+                tmp.parent.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        try:
+            with writing(tmp):
+                accelerator.save_state(str(tmp), safe_serialization=True)
+        except WriteError:
+            _remove(tmp)  # free what the half-written checkpoint took; the previous one stays
+            raise
         accelerator.wait_for_everyone()
         if self.is_main:
             write_json(tmp / TRAINER_STATE, asdict(state))
@@ -419,6 +524,22 @@ class RunWriter:
                              indices=test["indices"].astype(np.int64), **both)
             write_json(self.path(SUMMARY), summary)
         return summary
+
+
+def _weights_copy(model) -> dict[str, Any]:
+    """The unwrapped model's weights as fp32 CPU tensors of their own (a copy even on CPU)."""
+    from distributed.model import unwrap
+
+    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).to("cpu", copy=True).contiguous()
+            for k, v in unwrap(model).state_dict().items()}
+
+
+def _write_weights(state: dict[str, Any], path: Path) -> None:
+    """Weights as safetensors (what the report and the search load), atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def disk_bytes(path: Path) -> int:

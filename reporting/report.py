@@ -263,14 +263,6 @@ def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
     return rows
 
 
-def _display(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """A transform's output (normalised, HWC or CHW, numpy or tensor) back to RGB in [0, 1]."""
-    x = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32)
-    if x.ndim == 3 and x.shape[0] == 3 and x.shape[-1] != 3:
-        x = x.transpose(1, 2, 0)
-    return np.clip(x * std + mean, 0.0, 1.0)
-
-
 # ----------------------------------------------------------------------------- the report
 @dataclass
 class _Page:
@@ -484,14 +476,14 @@ def _data_figures(page: _Page, per_class: int = 10, n_images: int = 4, n_draws: 
     figures.class_samples(by_class, page.classes, page.fig(
         "samples", "samples.png", f"Up to {per_class} test images of each class, one class per row"))
     # The transform is seeded (Compose(seed=0)), so the report shows the same draws every build.
-    train_tf = build_train_transform(page.run.config.aug, tuple(page.mean.tolist()), tuple(page.std.tolist()))
+    train_tf = build_train_transform(page.run.config.aug, tuple(page.mean.tolist()))
     sources = [int(np.flatnonzero(data.test_y == c)[0]) for c in range(k) if (data.test_y == c).any()][:n_images]
     images, titles = [], []
     for i in sources:
         images.append(data.test_x[i])
         titles.append("original")
         for j in range(n_draws):
-            images.append(_display(train_tf(image=data.test_x[i])["image"], page.mean, page.std))
+            images.append(train_tf(image=data.test_x[i])["image"])  # uint8, as the model's loader sends it
             titles.append(f"augmented {j + 1}")
     figures.image_grid(images, page.fig(
         "augment", "augmentation.png",
@@ -534,17 +526,16 @@ def _gradcam_figures(page: _Page, model, cam_wrong: np.ndarray, cam_right: np.nd
     """
     import torch
 
-    from distributed.augment import build_test_transform
+    from distributed.augment import ModelInput
     from distributed.model import LAYER_NAMES
     from reporting import figures
     from reporting.gradcam import GradCAM, gradcam_all_classes, overlay
 
     stats, labels, classes, layers = page.stats, page.labels, page.classes, LAYER_NAMES
-    test_tf = build_test_transform(tuple(page.mean.tolist()), tuple(page.std.tolist()))
+    to_input = ModelInput(tuple(page.mean.tolist()), tuple(page.std.tolist()), channels_last=False)
 
     def normalised(rows: np.ndarray) -> torch.Tensor:
-        batch = np.stack([test_tf(image=page.image(r))["image"] for r in rows])
-        return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+        return to_input(torch.from_numpy(np.stack([page.image(r) for r in rows])))
 
     def overlays(row: int, res, i: int) -> list[np.ndarray]:
         return [overlay(page.image(row), res.maps[name][i].cpu().numpy()) for name in layers]

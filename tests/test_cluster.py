@@ -86,7 +86,7 @@ def _no_temp_files(run: Path) -> bool:
 
 
 def _comparable(rows):
-    timing = {"epoch_seconds", "images_per_sec", "data_wait_frac", "wall_seconds", "eval_seconds",
+    timing = {"epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "wall_seconds", "eval_seconds",
               "checkpoint_seconds"}
     return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 

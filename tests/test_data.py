@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cifar_fixture import make_fake_cifar
-from distributed.augment import build_test_transform, build_train_transform
+from distributed.augment import ModelInput, build_float_train_transform, build_train_transform, mean_pixel
 from distributed.config import AugConfig
 from distributed.data import CifarDataset, DataError, channel_stats, load_cifar10, make_split, read_batch
 
@@ -94,45 +94,122 @@ def test_channel_stats_match_numpy_and_are_cached(tmp_path):
 
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+NONE = dict(pad=0, flip_p=0, affine_p=0, color_p=0, cutout_p=0)  # every augmentation off
 
 
-def _images(n=16):
-    return np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+def _images(n=16, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def test_augmentation_with_all_probabilities_zero_is_normalize_only():
-    aug = AugConfig(pad=0, flip_p=0, affine_p=0, color_p=0, cutout_p=0)
-    train, test = build_train_transform(aug, MEAN, STD), build_test_transform(MEAN, STD)
-    for img in _images():
-        assert np.allclose(train(image=img)["image"], test(image=img)["image"])
-        assert np.allclose(test(image=img)["image"], (img / 255.0 - 0.5) / 0.25, atol=1e-5)
+def _model_input(batch: np.ndarray, channels_last=False):
+    import torch
+
+    return ModelInput(MEAN, STD, channels_last)(torch.from_numpy(batch))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalising_on_the_device_equals_normalize_in_the_workers(channels_last):
+    """The uint8 pipeline + ModelInput gives the model what the float pipeline (Normalize in the
+    workers, before 2026-12) gave it, for training (no augmentation drawn) and evaluation alike."""
+    import torch
+
+    x = _images(32)
+    before = torch.from_numpy(np.stack([build_float_train_transform(AugConfig(**NONE), MEAN, STD)(image=i)["image"]
+                                        for i in x])).permute(0, 3, 1, 2)
+    train = np.stack([build_train_transform(AugConfig(**NONE), MEAN)(image=i)["image"] for i in x])
+    assert train.dtype == np.uint8  # what crosses the worker boundary
+    evaluation, _, _ = CifarDataset(x, np.zeros(32, dtype=np.int64), np.arange(32), transform=None).__getitems__(
+        list(range(32)))
+    assert evaluation.dtype == torch.uint8 and evaluation.shape == (32, 32, 32, 3)
+    for batch in (_model_input(train, channels_last), ModelInput(MEAN, STD, channels_last)(evaluation)):
+        assert batch.dtype == torch.float32 and batch.shape == (32, 3, 32, 32)
+        assert batch.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert torch.allclose(batch, before, atol=1e-5, rtol=0)
 
 
 def test_augmentation_with_flip_probability_one_always_flips():
-    aug = AugConfig(pad=0, flip_p=1.0, affine_p=0, color_p=0, cutout_p=0)
-    t = build_train_transform(aug, MEAN, STD)
+    t = build_train_transform(AugConfig(**{**NONE, "flip_p": 1.0}), MEAN)
     for img in _images():
-        assert np.allclose(t(image=img)["image"], (img[:, ::-1] / 255.0 - 0.5) / 0.25, atol=1e-5)
+        assert np.array_equal(t(image=img)["image"], img[:, ::-1])
 
 
-def test_cutout_probability_one_always_cuts_a_hole_of_the_configured_size():
-    aug = AugConfig(pad=0, flip_p=0, affine_p=0, color_p=0, cutout_p=1.0, cutout_min=8, cutout_max=8)
-    t = build_train_transform(aug, MEAN, STD)
-    for img in _images():
-        out = t(image=np.full_like(img, 255))["image"]  # white image: the hole is the only mean-valued area
-        assert (np.abs(out).sum(-1) == 0).sum() == 64
+def test_the_cutout_hole_is_the_mean_pixel_which_normalises_to_about_zero():
+    aug = AugConfig(**{**NONE, "cutout_p": 1.0, "cutout_min": 8, "cutout_max": 8})
+    mean = (0.4914, 0.4822, 0.4465)
+    out = build_train_transform(aug, mean)(image=np.full((32, 32, 3), 255, np.uint8))["image"]
+    hole = (out != 255).all(-1)
+    assert hole.sum() == 64 and (out[hole] == mean_pixel(mean)).all()
+    normalised = ModelInput(mean, STD, False)(__import__("torch").from_numpy(out[None]))[0]
+    assert normalised.permute(1, 2, 0)[hole].abs().max() < 0.5 / 255 / min(STD) + 1e-6  # half a grey level
+
+
+def _draws(aug: AugConfig, images: np.ndarray, epochs: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of `images` through the training dataset (batches of 128, keyed seeds) for a few
+    epochs: (augmented uint8 [epochs * N, 32, 32, 3], the originals in the same order)."""
+    n = len(images)
+    ds = CifarDataset(images, np.zeros(n, dtype=np.int64), np.arange(n), build_train_transform(aug, MEAN), seed=5)
+    out, src = [], []
+    for epoch in range(epochs):
+        for s in range(0, n, 128):
+            x, _, idx = ds.__getitems__([epoch * n + i for i in range(s, min(n, s + 128))])
+            out.append(x.numpy())
+            src.append(images[idx.numpy()])
+    return np.concatenate(out), np.concatenate(src)
+
+
+def _within_sampling_error(hits: int, n: int, p: float) -> bool:
+    return abs(hits / n - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("field,p", [("flip_p", 0.5), ("affine_p", 0.3), ("color_p", 0.4), ("cutout_p", 0.25)])
+def test_each_augmentation_is_drawn_at_its_probability(field, p):
+    """Thousands of draws through the keyed per-batch seeding: the share of images an augmentation
+    changed is its probability (colour: two transforms, each at p), within 4 standard errors."""
+    images = _images(1024, seed=2)
+    out, src = _draws(AugConfig(**{**NONE, field: p}), images)
+    changed = (out != src).reshape(len(out), -1).any(1)
+    expected = 1 - (1 - p) ** 2 if field == "color_p" else p
+    # An image can come out unchanged though drawn (a flip of a symmetric image, a tiny affine):
+    # random images make that vanishingly rare; the bound is two-sided all the same.
+    assert _within_sampling_error(int(changed.sum()), len(out), expected), (field, changed.mean(), expected)
+
+
+def test_random_crops_are_uniform_over_the_9_by_9_offsets():
+    """pad 4 then a 32x32 crop: 81 offsets, each ~1/81 of the draws (chi-square, 80 dof, p < 0.001)."""
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    coded = np.stack([rows * 7, cols * 7, np.zeros_like(rows)], -1).astype(np.uint8)  # pixel = its position
+    out, _ = _draws(AugConfig(**{**NONE, "pad": 4}), np.repeat(coded[None], 1024, 0), epochs=4)
+    # Output pixel (4, 4) comes from padded (dy + 4, dx + 4), i.e. original (dy, dx): no reflection there.
+    dy, dx = out[:, 4, 4, 0] // 7, out[:, 4, 4, 1] // 7
+    assert dy.min() == 0 and dy.max() == 8 and dx.min() == 0 and dx.max() == 8
+    counts = np.bincount(dy * 9 + dx, minlength=81)
+    expected = len(out) / 81
+    assert ((counts - expected) ** 2 / expected).sum() < 124.8  # chi2(80) at p = 0.001
+
+
+def test_cutout_holes_are_squares_or_rectangles_of_the_configured_sizes():
+    aug = AugConfig(**{**NONE, "cutout_p": 1.0, "cutout_min": 4, "cutout_max": 12})
+    out, _ = _draws(aug, np.full((512, 32, 32, 3), 255, np.uint8), epochs=2)
+    heights, widths = set(), set()
+    for img in out:
+        hole = (img != 255).all(-1)
+        ys, xs = np.flatnonzero(hole.any(1)), np.flatnonzero(hole.any(0))
+        h, w = len(ys), len(xs)
+        assert hole.sum() == h * w and 1 <= h <= 12 and 1 <= w <= 12  # one rectangle (clipped at a border)
+        heights.add(h), widths.add(w)
+    assert {4, 12} <= heights and {4, 12} <= widths  # both ends of the range are drawn
 
 
 def test_augmentation_is_keyed_on_seed_epoch_and_batch_not_on_worker_state():
     x = _images(40)
     y = np.arange(40) % 10
-    t = build_train_transform(AugConfig(affine_p=0.5, color_p=0.5), MEAN, STD)
+    t = build_train_transform(AugConfig(affine_p=0.5, color_p=0.5), MEAN)
     a = CifarDataset(x, y, np.arange(40), t, seed=3)
-    b = CifarDataset(x, y, np.arange(40), build_train_transform(AugConfig(affine_p=0.5, color_p=0.5), MEAN, STD), seed=3)
+    b = CifarDataset(x, y, np.arange(40), build_train_transform(AugConfig(affine_p=0.5, color_p=0.5), MEAN), seed=3)
     b.__getitems__([40 + 5, 40 + 6])  # b's transform has been used before: state must not matter
     batch_a, _, idx = a.__getitems__([40 + 1, 40 + 2])  # epoch 1, images 1 and 2
     batch_b, _, _ = b.__getitems__([40 + 1, 40 + 2])
-    assert idx.tolist() == [1, 2] and batch_a.shape == (2, 3, 32, 32)
+    assert idx.tolist() == [1, 2] and batch_a.shape == (2, 32, 32, 3)
     assert torch_equal(batch_a, batch_b)
     other_epoch, _, _ = a.__getitems__([80 + 1, 80 + 2])
     assert not torch_equal(batch_a, other_epoch)

@@ -236,7 +236,7 @@ def test_accelerate_launch_draws_the_bar_quietly_and_ctrl_c_in_epoch_1_leaves_no
     rc, out = _run_in_pty(cmd, interrupt_when=b"epoch 1/2:")
     assert re.search(r"epoch 1/2: +\d+%\|", out), out[-3000:]
     assert "were not passed to `accelerate launch`" not in out  # the launch file names every value
-    assert "interrupted before the first epoch ended; nothing was written" in out, out[-3000:]
+    assert "interrupted; nothing was written" in out, out[-3000:]
     assert not (tmp_path / "launched").exists()  # the name stays free
 
 

@@ -70,7 +70,9 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, 
     # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not.
     # Trials track into their own run dirs when the base config asks for it.
     log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    summary = run_search(_base(fake_cifar, tmp_path, scheduler="onecycle", pct_start=0.5, log_with=log_with), search)
+    # Loader workers on: a trial that raises with live workers must still end (it once hung the process).
+    summary = run_search(_base(fake_cifar, tmp_path, scheduler="onecycle", pct_start=0.5, log_with=log_with,
+                               num_workers=1), search)
     sdir = tmp_path / "search-asha"
 
     rows = _results(sdir)

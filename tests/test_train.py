@@ -18,7 +18,7 @@ from distributed.engine import fit
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny but real: 60 training images, 3 steps of 20 per epoch (~2 s an epoch on a 2-core CPU).
 TINY = dict(subset=80, val_size=20, test_subset=30, batch_size=20, eval_batch_size=16, num_workers=0,
-            max_lr=0.01, label_smoothing=0.0, download=False)
+            max_lr=0.01, label_smoothing=0.0, download=False, checkpoint_every=1)
 
 
 def tiny_cfg(data_dir, runs_dir, **kw):
@@ -67,8 +67,11 @@ def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     for key in ("train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_sec", "data_wait_frac",
-                "eval_seconds", "checkpoint_seconds"):
+                "eval_seconds", "checkpoint_seconds", "first_batch_seconds"):
         assert rows[0][key] is not None, key
+    # The first batch's wait (worker start-up) is part of the epoch's data wait, not extra to it.
+    for r in rows:
+        assert 0 < r["first_batch_seconds"] <= r["data_wait_frac"] * r["epoch_seconds"] + 1e-9
     # The whole fit (start-up, validation, checkpoints, test) costs more than its training epochs.
     assert summary["total_seconds"] > summary["wall_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in rows))
     saved = rundir.read_json(run / rundir.CONFIG)
@@ -133,7 +136,7 @@ def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
 
 
 def _comparable(rows):
-    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "wall_seconds", "eval_seconds", "checkpoint_seconds"}
+    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "wall_seconds", "eval_seconds", "checkpoint_seconds"}
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
@@ -187,6 +190,34 @@ def test_checkpoint_every_skips_epochs_and_a_kill_between_checkpoints_redoes_the
     assert all(np.array_equal(final[k], resumed[k]) for k in final)
 
 
+def test_auto_checkpoints_follow_their_own_cost(monkeypatch):
+    """--checkpoint-every 0: the first epoch, then once 50x the last checkpoint's seconds have passed,
+    and the last epoch always."""
+    from distributed import engine
+
+    now = [100.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    clock = engine.CheckpointClock(TrainConfig(epochs=10, checkpoint_every=0), type("A", (), {"num_processes": 1})())
+    assert clock.due(1)
+    clock.written(0.2)  # a checkpoint of 0.2 s: the next one after 10 s of work
+    now[0] += 9.9
+    assert not clock.due(2)
+    now[0] += 0.2
+    assert clock.due(3)
+    clock.written(0.2)
+    assert not clock.due(4) and clock.due(10)
+    every = engine.CheckpointClock(TrainConfig(epochs=10, checkpoint_every=3), None)
+    assert [e for e in range(1, 11) if every.due(e)] == [3, 6, 9, 10]
+
+
+def test_a_default_run_checkpoints_its_first_and_last_epoch_at_least(fake_cifar, tmp_path):
+    written = []
+    fit(tiny_cfg(fake_cifar, tmp_path, name="auto", epochs=3, checkpoint_every=0, keep_checkpoints=5),
+        callback=lambda r: written.append(r.checkpoint is not None), progress=False)
+    assert written[0] and written[-1]
+    assert [p.name for p in rundir.checkpoint_dirs(tmp_path / "auto")][0] == "epoch_0001"
+
+
 def test_a_half_written_checkpoint_is_ignored_on_resume(basic_run, tmp_path):
     cfg, _, run = basic_run
     run = copy_unfinished(run, tmp_path / "basic")
@@ -224,7 +255,7 @@ def test_resume_refuses_a_changed_recipe(basic_run, tmp_path):
     (["--max-lr", "-0.1"], "invalid --max-lr -0.1: the learning rate must be > 0"),
     (["--flip-p", "1.5"], "invalid --flip-p 1.5: a probability must be in [0, 1]"),
     (["--epochs", "0"], "invalid --epochs 0: must be >= 1"),
-    (["--checkpoint-every", "0"], "invalid --checkpoint-every 0: must be >= 1"),
+    (["--checkpoint-every", "-1"], "invalid --checkpoint-every -1: must be >= 0 (0: auto)"),
     (["--dropout", "1"], "invalid --dropout 1.0: must be in [0, 1)"),
     (["--scheduler", "cosine"], "invalid --scheduler 'cosine': choose onecycle, plateau or step"),
 ])
@@ -381,10 +412,13 @@ def test_tta_evaluation_averages_each_image_with_its_mirror(fake_cifar):
     loader = make_loader(ds, 5, shuffle=False, seed=0, num_workers=0, drop_last=False, pin_memory=False)
     torch.manual_seed(0)
     model = resnet18().eval()
-    plain = evaluate(model, loader, Accelerator(cpu=True))
-    both = evaluate(model, loader, Accelerator(cpu=True), tta=True)
+    from distributed.augment import ModelInput
+
+    to_input = ModelInput((0.0,) * 3, (1.0,) * 3, channels_last=False)  # x / 255
+    plain = evaluate(model, loader, to_input, Accelerator(cpu=True))
+    both = evaluate(model, loader, to_input, Accelerator(cpu=True), tta=True)
     # both=True: the two evaluations side by side, the reported numbers still those of `tta`
-    kept = evaluate(model, loader, Accelerator(cpu=True), both=True, label_smoothing=0.1)
+    kept = evaluate(model, loader, to_input, Accelerator(cpu=True), both=True, label_smoothing=0.1)
     np.testing.assert_array_equal(kept["logits"], plain["logits"])
     np.testing.assert_array_equal(kept["logits_plain"], plain["logits"])
     np.testing.assert_allclose(kept["logits_tta"], both["logits"], rtol=1e-6, atol=1e-6)

@@ -110,7 +110,7 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
                                                resources_per_worker={"CPU": setup.cpus,
                                                                      **({"GPU": setup.gpus} if use_gpu else {})},
                                                placement_strategy=setup.placement_strategy),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cfg.dist_timeout),
         # Lost workers are retried by Tune, as the whole trial (its run dir resumes it).
         run_config=ray.train.RunConfig(name=trial_id, storage_path=str(Path(setup.search_dir) / "ray-train"),
                                        callbacks=[TuneReportCallback()],
