@@ -253,7 +253,7 @@ class RunWriter:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --name")
         if saved.exists():
-            before = read_json(saved)["config"]
+            before = _with_defaults(read_json(saved)["config"])
             diff = sorted(k for k in set(before) | set(config)
                           if before.get(k) != config.get(k) and k not in RESUMABLE_CHANGES)
             if diff:
@@ -419,6 +419,17 @@ class RunWriter:
                              indices=test["indices"].astype(np.int64), **both)
             write_json(self.path(SUMMARY), summary)
         return summary
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added since it was written at their defaults (which keep the old
+    behaviour), so a run or search started before a new flag existed still resumes."""
+    from distributed.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError):
+        return config  # a config this version cannot read: compared as it is
 
 
 def disk_bytes(path: Path) -> int:
