@@ -49,6 +49,9 @@
                          and final weights are removed (best weights and small files stay) unless
                          --keep-trial-checkpoints
       best/              the best trial in the layout above, test-evaluated once
+      refit/             with --refit: the best trial's configuration trained again on every training
+                         image (--val-size 0) for the full epochs, a run directory in the layout above
+                         (train.log holds its output)
 
 `RunWriter` is the only code that writes these files (the search's own two, search.json and
 results.csv, are written by tuning/runner.py); every write goes through `atomic_path`, so a kill
@@ -85,6 +88,7 @@ SEARCH_JSON = "search.json"
 RESULTS_CSV = "results.csv"
 TRIALS = "trials"
 BEST_TRIAL = "best"
+REFIT = "refit"                   # the best configuration retrained on all training images (--refit)
 PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
 ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it resumed from
 FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
@@ -172,6 +176,14 @@ def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
     """Test-set logits, labels and indices written at the end of a run."""
     with np.load(Path(run_dir) / PREDICTIONS, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def test_accuracies(run_dir: Path) -> dict[str, float | None]:
+    """Test accuracy of a finished run's final weights evaluated plain and mirror-averaged (TTA), from
+    predictions.npz: both are there whatever --tta chose, so runs compare like with like."""
+    pred = load_predictions(run_dir)
+    return {f"test_acc_{k}": float((pred[f"logits_{k}"].argmax(1) == pred["labels"]).mean())
+            if f"logits_{k}" in pred else None for k in ("plain", "tta")}
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
