@@ -157,7 +157,6 @@ def ladder_run_epochs(rung: str, epochs: int) -> float:
     return epochs * 4 / 3 if rung == "40-epochs" else epochs
 
 
-
 # ----------------------------------------------------------------------------- the command lines
 # The ONE place that names the project's flags. When a CLI changes, adjust it here: the dry-run
 # test runs every command below at tiny size, so a renamed or removed flag fails in CI, not on the GPU.

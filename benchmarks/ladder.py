@@ -112,12 +112,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def build_jobs(args: argparse.Namespace, rungs: list[str], seeds: list[int], workers: int) -> list[Job]:
-    runs = Path(args.runs_dir).resolve()
+    runs, data = Path(args.runs_dir).resolve(), Path(args.data_dir).resolve()  # the runs start in ROOT
     jobs = []
     for rung in rungs:  # priority order first, then seeds: a cut ladder has its first rungs
         for seed in seeds:
             name, flags = f"{rung}-s{seed}", RUNGS[rung][1](args.epochs)
-            argv = [args.python, str(ROOT / "distributed" / "train.py"), "--data-dir", args.data_dir,
+            argv = [args.python, str(ROOT / "distributed" / "train.py"), "--data-dir", str(data),
                     "--runs-dir", str(runs), "--name", name, "--seed", str(seed), "--epochs", str(args.epochs),
                     "--num-workers", str(workers), "--no-download", "--no-report", "--resume",
                     *args.extra, *flags]  # the rung's change last: it wins
