@@ -107,7 +107,7 @@ test -f /tmp/site/.done && echo "site_installed=1"
 test -f /tmp/data/cifar-10-batches-py/test_batch && echo "data_built=1"
 t0=$EPOCHREALTIME; source {q(carry)}/setup.sh; rc=$?; t1=$EPOCHREALTIME
 echo "setup2_rc=$rc setup2_s=$(awk "BEGIN {{print $t1 - $t0}}")"
-python3 -c "import sys, torch, ray, albumentations, pytorch_grad_cam, tensorboardX, pydantic, jsonschema; \
+python3 -c "import sys, torch, ray, albumentations, pytorch_grad_cam, tensorboardX, pydantic, jsonschema, airbench; \
 import ray.tune, ray.train.torch; print('imports_ok=1 python=' + sys.version.split()[0] + ' ray=' + ray.__version__ \
 + ' torch=' + torch.__version__ + ' albumentations=' + albumentations.__version__)"
 command -v ray >/dev/null && echo "ray_on_path=1" || echo "ray_on_path=0"

@@ -100,11 +100,63 @@ def _search(r: dict) -> tuple[str, str]:
     equiv = f" = {r['trial_train_images'] / full:.1f} full 30-epoch trainings of images" if r.get("trial_train_images") else ""
     best = (f"; best val {_pct(r.get('best_val_acc'))} (epoch {r.get('best_epoch')}), its test {_pct(r.get('test_acc'))}"
             if r.get("best_val_acc") is not None else "")
+    refit = r.get("refit") or {}
+    if refit.get("status") == "finished":
+        best += (f"; refit on all {refit['train_images']:,} training images, {refit['epochs']} epochs: test "
+                 f"{_pct(refit.get('test_acc_plain'))} plain, {_pct(refit.get('test_acc_tta'))} TTA, "
+                 f"{_num(refit.get('total_seconds'))} s")
+    elif refit:
+        best += f"; refit {refit.get('status')}{': ' + refit['error'] if refit.get('error') else ''}"
     return (f"{r.get('trials', r.get('trials_started'))} trials (ASHA, max {r.get('max_epochs')} epochs, "
             f"{s.get('gpus_per_trial')} GPU and {s.get('cpus_per_trial')} CPUs each), {r.get('status')}: "
             f"{_num(r.get('wall_seconds'))} s; {r.get('completed', '?')} completed, {r.get('stopped', '?')} stopped "
             f"early, {r.get('failed', '?')} failed; {r.get('trial_epochs')} trial-epochs{equiv}{rate}{best}",
             "32 trials in a few trainings' time")
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    return f"{_pct(mean)}" + (f" (sd {100 * sd:.2f})" if sd is not None else "")
+
+
+def _reference(r: dict) -> tuple[str, str]:
+    pub = r.get("published") or {}
+    back = r.get("read_back") or {}
+    if not r.get("trained"):
+        same = all(v.get("same_as_loader") for v in back.values()) if back else None
+        files = ", ".join(f"{k} {v['images']:,}" for k, v in r["files"].items())
+        return (f"airbench data files written ({files} images; read back equal to our loader's arrays: {same}); "
+                f"{r.get('not_trained')}", "-")
+    seeds = "; ".join(f"seed {x['seed']}: {_pct(x['test_acc_plain'])} plain, {_pct(x['test_acc_tta'])} TTA, "
+                      f"{x['train_s']:.1f} s" for x in r["seeds"])
+    return (f"{pub.get('recipe')} on our copy, {len(r['seeds'])} seeds: "
+            f"{_mean_sd(r.get('mean_test_acc_plain'), r.get('sd_test_acc_plain'))} plain, "
+            f"{_mean_sd(r.get('mean_test_acc_mirror'), r.get('sd_test_acc_mirror'))} mirror TTA, "
+            f"{_mean_sd(r.get('mean_test_acc_tta'), r.get('sd_test_acc_tta'))} with its TTA ({seeds}); published "
+            f"{_pct(pub.get('test_acc_tta'))} with its TTA on the original release: "
+            f"{-r['penalty_points_tta']:+.2f} points on our copy",
+            "our default >= this, plain vs plain and TTA vs TTA (README Results)")
+
+
+def _ladder(r: dict) -> tuple[str, str]:
+    runs = r.get("runs") or []
+    parts = []
+    for x in runs:
+        name = f"{x['rung']} s{x['seed']}"
+        if x["status"] == "finished":
+            parts.append(f"{name}: {_pct(x.get('test_acc_plain'))} plain, {_pct(x.get('test_acc_tta'))} TTA, "
+                         f"{_num(x.get('total_seconds'), '.0f')} s")
+        else:
+            parts.append(f"{name}: **{x['status']}** after {x.get('epochs')} epochs ({x.get('error')})")
+    left = f"; not started: {', '.join(r['not_started'])}" if r.get("not_started") else ""
+    done = sum(x["status"] == "finished" for x in runs)
+    if r.get("from_winner_of"):
+        best = f"; {', '.join(r.get('rungs') or [])} is the ladder's best seed-0 rung by plain test accuracy"
+    else:
+        best = f"; best seed-0 rung by plain test accuracy: {r.get('winner')}"
+    return (f"{done} of {len(runs) + len(r.get('not_started') or [])} runs finished, {r.get('concurrent')} at a "
+            f"time with {r.get('workers_per_run')} loader workers each, {r.get('epochs')} epochs, "
+            f"{_num(r.get('summed_images_per_s'))} training img/s summed over the runs: {'; '.join(parts)}{left}{best}",
+            "each rung against the default, 3 seeds before a default changes")
 
 
 def _smoke(r: dict) -> tuple[str, str]:
@@ -126,7 +178,7 @@ def _pack(r: dict) -> tuple[str, str]:
 
 FORMATTERS: dict[str, Callable[[dict], tuple[str, str]]] = {
     "step": _step, "input": _input, "gradcam": _gradcam, "tta": _tta, "smoke-torch": _smoke, "smoke-ray": _smoke,
-    "pack": _pack}
+    "pack": _pack, "reference": _reference, "ladder": _ladder}
 
 
 def _figure(rec: dict) -> tuple[str, str]:
@@ -154,6 +206,7 @@ def command_text(rec: dict, summary: dict) -> str:
     if not argv:
         return "-"
     subs = [(summary.get("work") or "\0", "$WORK"), (summary.get("data_dir") or "\0", "$CIFAR_DIR"),
+            (summary.get("out") or "\0", "$OUT"),
             ((summary.get("root") or "\0") + "/", "")]
     out = ["python"]
     for a in argv[1:]:

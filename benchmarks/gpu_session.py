@@ -47,6 +47,12 @@ GFLOP_PER_IMAGE = 3.33              # ResNet18-CIFAR forward+backward (bench_ste
 PEAK_TFLOPS = 989.0                 # H100 SXM bf16 dense
 ASSUMED_MFU = 0.20
 
+# The search the session can afford by default: all 32 trials with fractional GPUs, ASHA capped at 10
+# epochs instead of 30 (about 84 trial-epochs instead of 110 by synchronous halving, and no 30-epoch
+# tail trial), so it ends inside one device call. Labelled in the summary. --search-epochs 30 asks
+# for the full search (a call of its own).
+SEARCH_TRIALS, SEARCH_EPOCHS = 32, 10
+
 
 # ----------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ class Options:
     skip: tuple[str, ...] = ()
     pack: bool = True               # dry run: check the carry and (with rehearse_python) setup.sh
     rehearse_python: str | None = None
+    ladder_rungs: tuple[str, ...] = ()      # the ladder step's rungs (default: all, in priority order)
+    ladder_concurrent: int = 4              # ladder runs at once on the one GPU
+    ladder_winner: str | None = None        # the ladder-winner step's rung (default: the ladder step's best)
+    search_epochs: int = SEARCH_EPOCHS      # the search step's max epochs per trial (the full search: 30)
+    search_refit: bool = False              # the search step ends with --refit
 
     @property
     def runs(self) -> Path:
@@ -115,23 +126,36 @@ def asha_trial_epochs(trials: int, max_epochs: int, grace: int, rf: int) -> int:
     return round(total + alive * max_epochs)
 
 
-def estimates() -> dict[str, float]:
+def estimates(search_epochs: int = SEARCH_EPOCHS, search_refit: bool = False) -> dict[str, float]:
     """Seconds per GPU step, from FLOP counts at ASSUMED_MFU plus start-up allowances: ESTIMATES."""
     ips = images_per_s()
     epoch = 45_000 / ips + 5_000 / (3 * ips) + 0.3          # train + validate (forward ~1/3) + checkpoint
     train = 15 + 30 * epoch + 10_000 / (3 * ips)
-    search_epochs = asha_trial_epochs(32, SEARCH_EPOCHS, 1, 2)
-    search = 15 + search_epochs * epoch + 32 * 10 / 4 + 25   # Ray, trial-epochs, trial start-up 4 at a time, report
-    return {"smoke-torch": 20, "smoke-ray": 15, "step-bf16": 10 + 12 * 50 * 512 / ips,
+    trial_epochs = asha_trial_epochs(32, search_epochs, 1, 2)
+    search = 15 + trial_epochs * epoch + 32 * 10 / 4 + 25   # Ray, trial-epochs, trial start-up 4 at a time, report
+    if search_refit:
+        search += 15 + search_epochs * 50_000 / ips + 10_000 / (3 * ips)
+    # The ladder's runs share the GPU: their work adds up, their start-ups overlap.
+    ladder = 15 + sum(ladder_run_epochs(r, 30) * epoch for r in LADDER_RUNGS)
+    return {"smoke-torch": 20, "reference": 15 + 3 * 8 + 10, "ladder": ladder, "ladder-winner": 15 + 2 * 30 * epoch,
+            "smoke-ray": 15, "step-bf16": 10 + 12 * 50 * 512 / ips,
             "input": 15 + 20_000 * 3 / 17_000, "train-seed0": train, "report-seed0": 25, "gradcam": 25,
             "tta-val": 10, "search": search, "step-compile": 90, "train-seed1": train, "train-seed2": train,
             "input-slowest": 15 + 20_000 * 3 / 5_000}
 
 
-# The search the session can afford: all 32 trials with fractional GPUs, ASHA capped at 10 epochs
-# instead of 30 (about 84 trial-epochs instead of 110 by synchronous halving, and no 30-epoch tail
-# trial), so it ends inside one device call after everything before it. Labelled in the summary.
-SEARCH_TRIALS, SEARCH_EPOCHS = 32, 10
+# The recipe ladder (benchmarks/ladder.py RUNGS, in priority order; named here too because this process
+# does not import the project) and the epochs of each rung's run.
+LADDER_RUNGS = ("default", "all-images", "fixed-momentum", "no-smoothing", "smoothing-0.2", "cutout-8-always",
+                "40-epochs")
+# One JSON line per finished training of the reference and ladder steps, written into the output folder
+# as each ends: a call killed at its limit still returns every finished one.
+LIVE = "trainings.jsonl"
+
+
+def ladder_run_epochs(rung: str, epochs: int) -> float:
+    return epochs * 4 / 3 if rung == "40-epochs" else epochs
+
 
 # ----------------------------------------------------------------------------- the command lines
 # The ONE place that names the project's flags. When a CLI changes, adjust it here: the dry-run
@@ -163,16 +187,31 @@ def search_cmd(o: Options) -> list[str]:
         sizes = ["--num-samples", "2", "--gpus-per-trial", "0", "--cpus-per-trial", "1", "--num-cpus", "2",
                  "--no-report", *TINY_TRAIN]
     else:  # 4 trials per GPU, 4 CPUs each on a 16-core machine: 1 main process + 3 loader workers
-        sizes = ["--num-samples", str(SEARCH_TRIALS), "--epochs", str(SEARCH_EPOCHS), "--gpus-per-trial", "0.25",
+        sizes = ["--num-samples", str(SEARCH_TRIALS), "--epochs", str(o.search_epochs), "--gpus-per-trial", "0.25",
                  "--cpus-per-trial", "4", "--num-workers", "3"]
     return [o.python, "tuning/search.py", "--name", "session", "--data-dir", o.data_dir, "--runs-dir", str(o.runs),
-            "--no-download", "--grace-period", "1", "--report-dir", str(o.reports / "search"), *sizes]
+            "--no-download", "--grace-period", "1", "--report-dir", str(o.reports / "search"), *sizes,
+            *(["--refit"] if o.search_refit else [])]
+
+
+def ladder_cmd(o: Options, *choice: str) -> list[str]:
+    """benchmarks/ladder.py: train.py runs sharing the GPU, each result into the output folder as it ends."""
+    tiny = ["--epochs", "1", "--workers-per-run", "0", "--", *TINY_TRAIN] if o.dry_run else []
+    return [o.python, "benchmarks/ladder.py", "--data-dir", o.data_dir, "--runs-dir", str(o.runs / "ladder"),
+            "--concurrent", str(o.ladder_concurrent), "--live", str(o.out / LIVE), *choice, *tiny]
+
+
+def ladder_winner_choice(o: Options) -> list[str]:
+    """The ladder-winner step's rung: --ladder-winner, else the best seed-0 rung of the ladder's results."""
+    if o.ladder_winner:
+        return ["--rungs", o.ladder_winner]
+    return ["--winner-from", str(o.runs / "ladder" / "ladder.jsonl")]
 
 
 def plan(o: Options) -> list[Step]:
     """The steps in priority order: what the headline claims need first, extras while time is left."""
     tiny = o.dry_run
-    est = estimates()
+    est = estimates(o.search_epochs, o.search_refit)
 
     def sizes(gpu: list[str], cpu: list[str]) -> list[str]:
         return cpu if tiny else gpu
@@ -185,10 +224,24 @@ def plan(o: Options) -> list[Step]:
                        ["--batch-size", "2", "--steps", "1", "--repeats", "1"])
     input_sizes = sizes(["--workers", "12"], ["--workers", "1", "--num-images", "64", "--batch-size", "16",
                                               "--repeats", "1", "--gpu-steps", "1"])
+    rungs = o.ladder_rungs or LADDER_RUNGS
     steps = [
         Step("smoke-torch", "CUDA, bf16 + channels_last forward/backward, pinned copies, a 1-epoch fit",
              lambda d: bench_cmd(o, "gpu_smoke", "torch", "--data-dir", o.data_dir, "--work-dir", str(o.work / "smoke"),
                                  *(["--tiny"] if tiny else [])), 90, 60, est["smoke-torch"], critical=True),
+        # What our JPEG copy of CIFAR-10 costs: a published recipe on it against its published figure.
+        Step("reference", "airbench94 on our CIFAR-10 copy, seeds 0-2, plain and with its TTA (published: 94.01% "
+                          "with TTA on the original)",
+             lambda d: bench_cmd(o, "bench_reference", "--data-dir", o.data_dir, "--work-dir",
+                                 str(o.work / "reference"), "--live", str(o.out / LIVE)), 150, 45, est["reference"],
+             needs=("smoke-torch",)),
+        Step("ladder", f"the recipe ladder, seed 0, {o.ladder_concurrent} train.py runs at once on the GPU: "
+                       f"{', '.join(rungs)}",
+             lambda d: ladder_cmd(o, "--rungs", ",".join(rungs)), 420, 150, est["ladder"], needs=("smoke-torch",),
+             grace_s=40),
+        Step("ladder-winner", "the ladder's best seed-0 rung on seeds 1 and 2, at once",
+             lambda d: ladder_cmd(o, *ladder_winner_choice(o), "--seeds", "1,2"), 240, 120, est["ladder-winner"],
+             needs=("ladder",), grace_s=40),
         Step("smoke-ray", "Ray sees the GPU; 4 tasks of 0.25 GPU at once",
              lambda d: bench_cmd(o, "gpu_smoke", "ray", *(["--num-cpus", "2"] if tiny else [])), 90, 60,
              est["smoke-ray"], needs=("smoke-torch",)),
@@ -211,11 +264,13 @@ def plan(o: Options) -> list[Step]:
         Step("tta-val", "mirror TTA against plain evaluation on validation, seed-0 weights",
              lambda d: bench_cmd(o, "bench_tta", "--run", str(o.runs / "seed0"), *sizes([], ["--repeats", "1"])),
              60, 45, est["tta-val"], needs=("train-seed0",)),
-        Step("search", f"{SEARCH_TRIALS}-trial ASHA search, 0.25 GPU per trial, and its report",
-             lambda d: search_cmd(o), 420, 150, est["search"], collect="search", target="runs/search-session",
-             needs=("smoke-ray",), grace_s=45,
-             label=f"{SEARCH_TRIALS} trials with ASHA capped at {SEARCH_EPOCHS} epochs, not 30: a scaled-down "
-                   f"search; its wall time is not the 30-epoch search's"),
+        Step("search", f"{SEARCH_TRIALS}-trial ASHA search, 0.25 GPU per trial, and its report"
+                       + (", then the refit of its best configuration on all training images" if o.search_refit else ""),
+             lambda d: search_cmd(o), 420 if o.search_epochs <= SEARCH_EPOCHS else 600, 150, est["search"],
+             collect="search", target="runs/search-session", needs=("smoke-ray",), grace_s=45,
+             label="" if o.search_epochs >= 30 else
+             f"{SEARCH_TRIALS} trials with ASHA capped at {o.search_epochs} epochs, not 30: a scaled-down search; "
+             f"its wall time is not the 30-epoch search's"),
         Step("step-compile", "training step with torch.compile (inductor), bf16 channels_last",
              lambda d: bench_cmd(o, "bench_step", "--bf16", "--channels-last", "--compile", *step_sizes), 240, 150,
              est["step-compile"], needs=("smoke-torch",),
@@ -543,7 +598,7 @@ class Session:
         return {
             "session": "dry-run" if self.o.dry_run else "gpu", "status": self.status, "started": self.started_at,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "budget_s": self.o.budget_s,
-            "elapsed_s": round(self.elapsed(), 1), "root": str(ROOT), "work": str(self.o.work),
+            "elapsed_s": round(self.elapsed(), 1), "root": str(ROOT), "work": str(self.o.work), "out": str(self.o.out),
             "data_dir": self.o.data_dir, "python": self.o.python,
             "machine": {**self.machine, **{k: smoke.get(k) for k in ("device_name", "torch", "torch_cuda", "cudnn",
                                                                     "gpu_memory_gib", "capability") if k in smoke}},
@@ -607,6 +662,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rehearse-python", default=None,
                    help="dry run: a clean Python 3.12 for the pack step's setup.sh rehearsal (see gpu_pack_check.py)")
     p.add_argument("--list", action="store_true", help="print the plan (boxes, estimates) and exit")
+    p.add_argument("--ladder-rungs", default=None,
+                   help=f"comma-separated rungs of the ladder step (default: all: {','.join(LADDER_RUNGS)}); a "
+                        f"second call names the ones the first left unfinished")
+    p.add_argument("--ladder-concurrent", type=int, default=None,
+                   help="ladder runs at once on the GPU (default 4, each with (16 - 4) / 4 = 3 loader workers on "
+                        "16 cores; dry run: 2)")
+    p.add_argument("--ladder-winner", default=None,
+                   help="the rung the ladder-winner step runs on seeds 1-2 (default: the ladder step's best seed-0 "
+                        "rung by plain test accuracy; give it in a call that does not run the ladder)")
+    p.add_argument("--search-epochs", type=int, default=SEARCH_EPOCHS,
+                   help=f"the search step's most epochs per trial (default {SEARCH_EPOCHS}, labelled as scaled down; "
+                        f"30: the full search, which needs a call of its own)")
+    p.add_argument("--search-refit", action="store_true",
+                   help="the search step ends with --refit: its best configuration trained again on all 50,000 "
+                        "training images and tested")
     return p.parse_args(argv)
 
 
@@ -620,13 +690,21 @@ def options_from_args(args: argparse.Namespace) -> Options:
                 budget_s=budget, python=sys.executable,
                 only=tuple(s for s in (args.steps or "").split(",") if s),
                 skip=tuple(s for s in args.skip.split(",") if s), pack=not args.no_pack,
-                rehearse_python=args.rehearse_python)
+                rehearse_python=args.rehearse_python,
+                ladder_rungs=tuple(r for r in (args.ladder_rungs or "").split(",") if r),
+                ladder_concurrent=args.ladder_concurrent or (2 if args.dry_run else 4),
+                ladder_winner=args.ladder_winner, search_epochs=args.search_epochs, search_refit=args.search_refit)
     names = {s.name for s in plan(o)}
     unknown = sorted((set(o.only) | set(o.skip)) - names)
     if unknown:
         raise SystemExit(f"error: unknown step(s) {', '.join(unknown)}; the steps are: {', '.join(sorted(names))}")
     if budget <= 0:
         raise SystemExit(f"error: --budget {budget:g} must be > 0 seconds")
+    bad_rungs = sorted(set(o.ladder_rungs + ((o.ladder_winner,) if o.ladder_winner else ())) - set(LADDER_RUNGS))
+    if bad_rungs:
+        raise SystemExit(f"error: unknown ladder rung(s) {', '.join(bad_rungs)}; the rungs are: {', '.join(LADDER_RUNGS)}")
+    if o.ladder_concurrent < 1 or o.search_epochs < 1:
+        raise SystemExit("error: --ladder-concurrent and --search-epochs must be >= 1")
     return o
 
 

@@ -250,7 +250,7 @@ def search(argv: list[str] | None = None) -> int:
             base_cfg, saved = load_saved_search(search_dir)
             keep = ("num_samples", "grace_period", "reduction_factor", "gpus_per_trial", "cpus_per_trial",
                     "workers_per_trial", "seed", "space")
-            remembered = ("keep_trial_checkpoints",)  # unless typed again
+            remembered = ("keep_trial_checkpoints", "refit")  # unless typed again
             settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved},
                                            **{k: saved[k] for k in remembered if k in saved and k not in given})
             saved_cli = read_json(search_dir / SEARCH_JSON).get("cli") or {}
@@ -267,7 +267,9 @@ def search(argv: list[str] | None = None) -> int:
         return 130
     if summary.get("test_acc") is None:
         return 0
-    return finish_run(summary["search_dir"], args)
+    code = finish_run(summary["search_dir"], args)
+    # A refit that was asked for and failed: the search and its report stand, the command did not succeed.
+    return code or int((summary.get("refit") or {}).get("status") == "failed")
 
 
 # ----------------------------------------------------------------------------- report

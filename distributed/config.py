@@ -106,6 +106,10 @@ class TrainConfig:
     pct_start: float = opt(0.25, "onecycle: fraction of all steps spent warming up")
     div_factor: float = opt(10.0, "onecycle: initial lr = max-lr / div-factor (a ratio)")
     final_div_factor: float = opt(100.0, "onecycle: final lr = initial lr / final-div-factor (a ratio)")
+    # On by default (what the recipe was measured with); off is what David Page's 94% recipe does.
+    cycle_momentum: bool = opt(True, "onecycle: cycle momentum against the learning rate, from --momentum down "
+                                     "to 0.85 x --momentum at the peak and back; --no-cycle-momentum keeps "
+                                     "it at --momentum throughout")
     step_size: int = opt(10, "step: epochs between decays")
     gamma: float = opt(0.1, "step/plateau: factor the learning rate is multiplied by at each decay")
     patience: int = opt(3, "plateau: epochs without validation improvement before a decay")

@@ -277,7 +277,8 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.effective_max_lr, total_steps=total, pct_start=pct_start,
             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-            base_momentum=0.85 * cfg.momentum, max_momentum=cfg.momentum, anneal_strategy="linear")
+            cycle_momentum=cfg.cycle_momentum, base_momentum=0.85 * cfg.momentum, max_momentum=cfg.momentum,
+            anneal_strategy="linear")
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.gamma, patience=cfg.patience)
     return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)

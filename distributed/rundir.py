@@ -51,6 +51,9 @@
                          and final weights are removed (best weights and small files stay) unless
                          --keep-trial-checkpoints
       best/              the best trial in the layout above, test-evaluated once
+      refit/             with --refit: the best trial's configuration trained again on every training
+                         image (--val-size 0) for the full epochs, a run directory in the layout above
+                         (train.log holds its output)
 
 `RunWriter` is the only code that writes these files (the search's own two, search.json and
 results.csv, are written by tuning/runner.py); every write goes through `atomic_path`, so a kill
@@ -90,6 +93,7 @@ SEARCH_JSON = "search.json"
 RESULTS_CSV = "results.csv"
 TRIALS = "trials"
 BEST_TRIAL = "best"
+REFIT = "refit"                   # the best configuration retrained on all training images (--refit)
 PARAMS = "params.json"            # a trial's sampled hyperparameters, in its run directory
 ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it resumed from
 FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
@@ -259,6 +263,14 @@ def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def test_accuracies(run_dir: Path) -> dict[str, float | None]:
+    """Test accuracy of a finished run's final weights evaluated plain and mirror-averaged (TTA), from
+    predictions.npz: both are there whatever --tta chose, so runs compare like with like."""
+    pred = load_predictions(run_dir)
+    return {f"test_acc_{k}": float((pred[f"logits_{k}"].argmax(1) == pred["labels"]).mean())
+            if f"logits_{k}" in pred else None for k in ("plain", "tta")}
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete epoch checkpoints, oldest first (incomplete ones never get their final name)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -343,7 +355,7 @@ class RunWriter:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --name")
         if saved.exists():
-            before = read_json(saved)["config"]
+            before = _with_defaults(read_json(saved)["config"])
             diff = sorted(k for k in set(before) | set(config)
                           if before.get(k) != config.get(k) and k not in RESUMABLE_CHANGES)
             if diff:
@@ -540,6 +552,17 @@ def _write_weights(state: dict[str, Any], path: Path) -> None:
 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added since it was written at their defaults (which keep the old
+    behaviour), so a run or search started before a new flag existed still resumes."""
+    from distributed.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError):
+        return config  # a config this version cannot read: compared as it is
 
 
 def disk_bytes(path: Path) -> int:

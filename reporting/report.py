@@ -389,7 +389,9 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
         "summary": summary_rows,
         # The four numbers a reader looks for first, without the parenthesised details.
         "headline": [(k, v.split(" (")[0]) for k, v in summary_rows
-                     if k in ("Test accuracy", "Best validation accuracy", "Epochs", "Wall time (training)")],
+                     if k in ("Test accuracy", "Refit test accuracy", "Best validation accuracy", "Epochs",
+                              "Wall time (training)")],
+        "has_val": _has_validation(run),
         "provenance": provenance,
         "config": _flat_config(run.config),
         "label_smoothing": format_number(run.config.label_smoothing),
@@ -418,11 +420,14 @@ def _curve_figures(page: _Page) -> None:
     if metrics:
         test_loss = run.summary.get("test_loss")
         objective = cfg.label_smoothing > 0 or cfg.l1 > 0
+        val = _has_validation(run)
         figures.plot_curves(metrics, page.fig(
             "curves", "curves.png",
-            "Per epoch: plain cross-entropy of training batches, validation and the final test "
-            + ("(left), the training objective with its label smoothing beside validation with the same smoothing "
-               "(middle), accuracy (right)" if objective else "(left), accuracy (right)")),
+            f"Per epoch: plain cross-entropy of training batches{', validation' if val else ''} and the final test "
+            + (f"(left), the training objective with its label smoothing"
+               f"{' beside validation with the same smoothing' if val else ''} (middle), accuracy (right)"
+               if objective else "(left), accuracy (right)")
+            + ("" if val else "; no validation split (--val-size 0)")),
             label_smoothing=cfg.label_smoothing, l1=cfg.l1,
             test_loss=float(test_loss) if isinstance(test_loss, (int, float)) else None)
     if run.steps:
@@ -601,12 +606,20 @@ def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None
     best_epoch = f" (epoch {s['best_epoch']})" if s.get("best_epoch") is not None else ""
     rate = s.get("images_per_sec")
     trial = " of the best trial" if search else ""
+    if _has_validation(run):
+        validation = [("Best validation accuracy", _pct(s.get("best_val_acc")) + best_epoch),
+                      ("Final validation accuracy", _pct(last_val))]
+    else:  # --val-size 0: no epoch was chosen, the final weights are the ones tested
+        train = (run.meta.get("split") or {}).get("train")
+        images = f"all {train:,} training images" if isinstance(train, int) else "every training image"
+        validation = [("Best validation accuracy", f"none (--val-size 0: trained on {images}; the final "
+                                                   f"weights are the ones tested)")]
     rows = [
         ("Test accuracy", _pct(s["test_acc"]) + (" (with --tta)" if run.config.tta else "")),
+        *_refit_rows(search),
         ("Test loss (cross-entropy, no label smoothing)",
          _loss(s.get("test_loss"))),
-        ("Best validation accuracy", _pct(s.get("best_val_acc")) + best_epoch),
-        ("Final validation accuracy", _pct(last_val)),
+        *validation,
         ("Epochs", str(s["epochs"])),
         ("Wall time (training)", _duration(s.get("wall_seconds"))),
         (f"Wall time (all{trial}: start-up, evaluation, checkpoints)", _duration(s.get("total_seconds"))),
@@ -621,10 +634,32 @@ def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None
     ]
     if search:
         c = search["counts"]
-        rows[7:7] = [("Search wall time (all trials)", _duration(search.get("wall_seconds"))),
+        at = next(i for i, (k, _) in enumerate(rows) if k == "Training throughput")
+        rows[at:at] = [("Search wall time (all trials)", _duration(search.get("wall_seconds"))),
                      ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} ran every epoch, {c['STOPPED']} stopped "
                                 f"early by ASHA, {c['ERROR']} failed")]
     return rows
+
+
+def _has_validation(run: Run) -> bool:
+    """Whether the run held out a validation split (not so with --val-size 0)."""
+    return bool((run.meta.get("split") or {}).get("val", run.config.val_size))
+
+
+def _refit_rows(search: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A search's --refit beside its best trial: the best configuration trained again on every image."""
+    refit = (search or {}).get("refit") or {}
+    status = refit.get("status")
+    if status is None:
+        return []
+    if status != "finished":
+        how = f"failed: {refit.get('error')}" if status == "failed" else f"{status}: continue with --resume"
+        return [("Refit test accuracy", f"none yet ({how})")]
+    both = (f"; plain {_pct(refit.get('test_acc_plain'))}, mirror TTA {_pct(refit.get('test_acc_tta'))}"
+            if refit.get("test_acc_tta") is not None else "")
+    return [("Refit test accuracy", f"{_pct(refit.get('test_acc'))} (the best configuration trained again on all "
+                                    f"{refit.get('train_images', 0):,} training images for {refit.get('epochs')} "
+                                    f"epochs, in {Path(refit['run_dir']).name}/{both})")]
 
 
 def _fmt_floats(values: Any) -> str:

@@ -90,7 +90,8 @@ def search_context(path: Path) -> dict[str, Any]:
             "metric": METRIC, "params": params, "space": space, "settings": _flatten(settings), "best": best,
             "wall_seconds": settings.get("wall_seconds"), "status": settings.get("status"),
             "started": settings.get("started"), "counts": counts,
-            "curves": _trial_curves(path, rows)}
+            "curves": _trial_curves(path, rows),
+            "refit": summary.get("refit") if isinstance(summary.get("refit"), dict) else None}
 
 
 def _trial_curves(path: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:

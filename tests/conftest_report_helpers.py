@@ -52,5 +52,9 @@ def write_search_dir(search_dir: Path, best_run: Path, hostile: str) -> Path:
                   "scheduler": {"type": "choice", "values": ["onecycle", MATH_TEXT, "step"]}},
         "metric": "val_acc", "mode": "max", "status": "finished", "started": "2026-11-26T10:00:00+0000",
         "wall_seconds": 123.4,
-        "summary": {"trials": 3, "best_trial": TRIAL_IDS[0], "best_val_acc": 0.61}})
+        "summary": {"trials": 3, "best_trial": TRIAL_IDS[0], "best_val_acc": 0.61,
+                    # --refit: what tuning/runner.py's refit_best records
+                    "refit": {"status": "finished", "run_dir": str(search_dir / rundir.REFIT),
+                              "trial_id": TRIAL_IDS[0], "epochs": 3, "test_acc": 0.7123, "test_acc_plain": 0.7123,
+                              "test_acc_tta": 0.7311, "train_images": 50_000, "test_count": 30}}})
     return search_dir

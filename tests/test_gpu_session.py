@@ -39,7 +39,7 @@ def _device_tool_returns(out: Path) -> None:
 # Steps whose command is another step's with other values (tested below): the dry run in CI leaves them
 # out to save a CPU minute; `python benchmarks/gpu_session.py --dry-run` by hand runs them all.
 VARIANTS = {"train-seed1": "train-seed0", "train-seed2": "train-seed0", "step-compile": "step-bf16",
-            "input-slowest": "input"}
+            "input-slowest": "input", "ladder-winner": "ladder"}
 
 
 def _dry_plan() -> dict[str, "gpu_session.Step"]:
@@ -77,12 +77,35 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     search = res["search"]
     assert search["status"] == "finished" and search["trials"] == 2 and search["trial_epochs"] >= 2, search
     assert search["test_acc"] is not None
+    # airbench is CUDA-only: the dry run writes and checks its data files from our loader, and says so
+    ref = res["reference"]
+    assert ref["trained"] is False and "CUDA-only" in ref["not_trained"]
+    assert ref["read_back"]["train"] == {"shape": [500, 32, 32, 3], "dtype": "uint8", "labels_dtype": "int64",
+                                         "classes": 10, "same_as_loader": True}
+    # every rung of the ladder trained, tiny, with its own flags, and landed in $OUT as it ended
+    ladder = res["ladder"]
+    runs = {r["rung"]: r for r in ladder["runs"]}
+    assert list(runs) == list(gpu_session.LADDER_RUNGS) and ladder["not_started"] == []
+    assert all(r["status"] == "finished" and r["test_acc_plain"] is not None and r["test_acc_tta"] is not None
+               and r["total_seconds"] > 0 for r in runs.values()), runs
+    assert runs["all-images"]["train_images"] == 60 and runs["default"]["train_images"] == 40  # --val-size 0
+    assert ladder["winner"] in runs
+    live = [json.loads(x) for x in (out / gpu_session.LIVE).read_text().splitlines()]
+    assert [(x["kind"], x["rung"]) for x in live] == [("ladder", r) for r in runs]
+    cfgs = {r: json.loads(next(work.glob(f"session-*/runs/ladder/{r}-s0/config.json")).read_text())["config"]
+            for r in runs}
+    assert cfgs["fixed-momentum"]["cycle_momentum"] is False and cfgs["default"]["cycle_momentum"] is True
+    assert (cfgs["no-smoothing"]["label_smoothing"], cfgs["smoothing-0.2"]["label_smoothing"]) == (0.0, 0.2)
+    cutout = cfgs["cutout-8-always"]["aug"]
+    assert (cutout["cutout_p"], cutout["cutout_min"], cutout["cutout_max"]) == (1.0, 8, 8)
 
     _device_tool_returns(out)
     with tarfile.open(out / "session.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("runs/seed0/metrics.jsonl") for n in names)
     assert any(n.endswith("runs/search-session/results.csv") for n in names)
+    assert any(n.endswith("runs/ladder/ladder.jsonl") for n in names)
+    assert any(n.endswith("runs/ladder/logs/default-s0.log") for n in names)
     assert any(n.endswith("logs/train-seed0.log") for n in names) and any(n.endswith(".html") for n in names)
     left_in = [n for n in names if n.endswith(gpu_session.EXCLUDE_SUFFIXES) or "/checkpoints/" in n]
     assert left_in == []
@@ -111,8 +134,16 @@ def test_the_steps_left_out_of_the_ci_dry_run_are_variants_of_steps_it_runs():
         assert argv(name) == expected
         assert (steps[name].collect, steps[name].target) == ("run", f"runs/seed{seed}")
     assert sorted(argv("step-compile")) == sorted(argv("step-bf16") + ["--compile"])
+    ladder, winner = argv("ladder"), argv("ladder-winner")
+    at = ladder.index("--rungs")
+    assert winner[:at] == ladder[:at] and winner[at + 4:] == ladder[at + 2:]  # only which rung and seeds differ
+    assert winner[at:at + 4] == ["--winner-from", winner[at + 1], "--seeds", "1,2"]
+    assert winner[at + 1].endswith("runs/ladder/ladder.jsonl")
     assert sorted(argv("input-slowest")) == sorted(argv("input") + ["--affine-p", "1", "--color-p", "1"])
-    assert all(steps[k].collect == steps[v].collect and steps[k].needs == steps[v].needs for k, v in VARIANTS.items())
+    assert all(steps[k].collect == steps[v].collect for k, v in VARIANTS.items())
+    # each needs what its sibling needs, except seeds 1-2 of the ladder's winner, which need the ladder
+    assert all(steps[k].needs == steps[v].needs for k, v in VARIANTS.items() if k != "ladder-winner")
+    assert steps["ladder-winner"].needs == ("ladder",)
 
 
 # ----------------------------------------------------------------------------- the runner, on a fake plan
@@ -225,18 +256,77 @@ def test_bad_session_flags_get_one_line(tmp_path):
 
 
 def test_the_default_plan_fits_one_device_call():
-    """The GPU plan: its priority steps' estimates fit the default budget with the search, the budget
-    leaves a minute of a 600 s call for set-up and margin, and the estimates are labelled as such."""
+    """The GPU plan in the accuracy issue's order: after the smoke test, the copy's penalty (reference) and
+    the recipe ladder with its best rung's seeds 1-2, whose estimates fit the default budget; then the
+    throughput steps up to the search, which fit a second call. The budget leaves a minute of a 600 s call
+    for set-up and margin, and the estimates are labelled as such."""
     o = gpu_session.options_from_args(gpu_session.parse_args([]))
     assert o.budget_s + 30 + 45 <= 600  # set-up (~30 s fresh) and the search's kill grace
     steps = gpu_session.plan(o)
     names = [s.name for s in steps]
-    assert names[:5] == ["smoke-torch", "smoke-ray", "step-bf16", "input", "train-seed0"]
-    before_search = sum(s.estimate_s for s in steps[:names.index("search") + 1])
-    assert before_search < o.budget_s
+    assert names[:6] == ["smoke-torch", "reference", "ladder", "ladder-winner", "smoke-ray", "step-bf16"]
+    first = names.index("ladder-winner") + 1
+    assert sum(s.estimate_s for s in steps[:first]) < o.budget_s
+    assert sum(s.estimate_s for s in steps[first:names.index("search") + 1]) < o.budget_s
     assert all(s.box_s >= 1.5 * s.estimate_s for s in steps)  # an estimate off by half still fits its box
     assert "ESTIMATES" in gpu_session.estimates_note().upper()
     assert gpu_session.asha_trial_epochs(32, 10, 1, 2) == 84  # 16x1 + 8x2 + 4x4 + 2x8 + 2x10
+
+
+def test_the_full_search_with_its_refit_is_one_option_away():
+    """--search-epochs 30 --search-refit: the 32-trial search at full length, then its refit; the command
+    parses with cifar-search's own parser, and the summary no longer calls the search scaled down."""
+    from cifar_lab.cli import search_parser
+    from distributed.config import given_fields
+    from tuning.config import SearchConfig
+
+    o = gpu_session.options_from_args(gpu_session.parse_args(["--search-epochs", "30", "--search-refit"]))
+    step = {s.name: s for s in gpu_session.plan(o)}["search"]
+    argv = step.argv({})
+    args = search_parser().parse_args(argv[2:])
+    assert args.epochs == 30 and args.search_num_samples == 32
+    assert SearchConfig(**given_fields(args, SearchConfig, prefix="search_")).refit is True
+    assert step.label == "" and "refit" in step.what and step.box_s >= 1.5 * step.estimate_s
+    default = {s.name: s for s in gpu_session.plan(gpu_session.options_from_args(gpu_session.parse_args([])))}
+    assert "--refit" not in default["search"].argv({}) and "capped at 10 epochs" in default["search"].label
+    assert step.estimate_s > default["search"].estimate_s
+
+
+def test_ladder_rungs_parse_as_train_flags_and_the_winner_is_the_best_plain_seed_0_rung(tmp_path, capsys):
+    """Every rung's flags make a valid training config that differs from the default in what the rung
+    names; the winner is chosen on plain test accuracy of seed 0 (ties: the earlier rung); a winner with
+    no results, or an unknown rung, is one line."""
+    import ladder
+
+    from cifar_lab.cli import train_parser
+    from distributed.config import TrainConfig, config_from_args
+
+    assert tuple(ladder.RUNGS) == gpu_session.LADDER_RUNGS  # the session names them without importing them
+    default = TrainConfig()
+    changed = {}
+    for rung, (_, flags) in ladder.RUNGS.items():
+        cfg = config_from_args(train_parser().parse_args(flags(30)))
+        changed[rung] = {k for k, v in cfg.to_dict().items() if v != default.to_dict()[k]}
+    assert changed == {"default": set(), "all-images": {"val_size"}, "fixed-momentum": {"cycle_momentum"},
+                       "no-smoothing": {"label_smoothing"}, "smoothing-0.2": {"label_smoothing"},
+                       "cutout-8-always": {"aug"}, "40-epochs": {"epochs"}}
+    assert config_from_args(train_parser().parse_args(ladder.RUNGS["40-epochs"][1](30))).epochs == 40
+
+    def row(rung, seed, acc, status="finished"):
+        return {"kind": "ladder", "rung": rung, "seed": seed, "status": status, "test_acc_plain": acc}
+
+    rows = [row("default", 0, 0.90), row("no-smoothing", 0, 0.91), row("fixed-momentum", 0, 0.91),
+            row("40-epochs", 1, 0.99), row("all-images", 0, 0.95, "failed"), {"kind": "reference", "seed": 0}]
+    assert ladder.pick_winner(rows) == "fixed-momentum"  # tie with no-smoothing: the earlier rung
+    assert ladder.pick_winner([]) is None
+    results = tmp_path / "ladder.jsonl"
+    results.write_text("")
+    with pytest.raises(SystemExit, match=r"no finished seed-0 rung in .*--ladder-winner R"):
+        ladder.main(["--winner-from", str(results)])
+    with pytest.raises(SystemExit, match="unknown rung.*nope; the rungs are: default, all-images"):
+        ladder.main(["--rungs", "default,nope"])
+    with pytest.raises(SystemExit, match="unknown ladder rung.*nope"):
+        gpu_session.options_from_args(gpu_session.parse_args(["--ladder-winner", "nope"]))
 
 
 # ----------------------------------------------------------------------------- the carry
@@ -334,3 +424,42 @@ def test_results_writer_prints_readme_rows(tmp_path, capsys):
 
     assert gpu_results.main([str(tmp_path)]) == 2
     assert "holds no steps.jsonl" in capsys.readouterr().err
+
+
+def test_results_writer_shows_the_reference_the_ladder_and_the_refit(tmp_path, capsys):
+    """The accuracy steps' rows: the reference's per-seed and mean figures against its published 94.01%,
+    each ladder run plain and TTA (a failed one flagged, unstarted ones named), and the search's refit."""
+    ref = {"bench": "reference", "trained": True, "published": {"recipe": "airbench94 (airbench.train94)",
+                                                                "test_acc_tta": 0.9401},
+           "seeds": [{"seed": s, "test_acc_plain": p, "test_acc_mirror": m, "test_acc_tta": t, "train_s": 3.1}
+                     for s, p, m, t in ((0, 0.92, 0.925, 0.93), (1, 0.921, 0.926, 0.931), (2, 0.922, 0.927, 0.932))],
+           "mean_test_acc_plain": 0.921, "sd_test_acc_plain": 0.001, "mean_test_acc_mirror": 0.926,
+           "sd_test_acc_mirror": 0.001, "mean_test_acc_tta": 0.931, "sd_test_acc_tta": 0.001,
+           "penalty_points_tta": 0.91}
+    ladder = {"bench": "ladder", "concurrent": 4, "workers_per_run": 3, "epochs": 30, "summed_images_per_s": 41000.0,
+              "winner": "no-smoothing", "not_started": ["40-epochs-s0"], "runs": [
+                  {"rung": "default", "seed": 0, "status": "finished", "test_acc_plain": 0.905, "test_acc_tta": 0.915,
+                   "total_seconds": 180.4},
+                  {"rung": "no-smoothing", "seed": 0, "status": "finished", "test_acc_plain": 0.91,
+                   "test_acc_tta": 0.92, "total_seconds": 181.0},
+                  {"rung": "all-images", "seed": 0, "status": "failed", "epochs": 3, "error": "CUDA out of memory"}]}
+    search = {"trials": 32, "status": "finished", "wall_seconds": 900, "completed": 4, "stopped": 28, "failed": 0,
+              "trial_epochs": 110, "trial_train_images": 4.5e6, "max_epochs": 30, "best_val_acc": 0.93, "best_epoch": 30, "test_acc": 0.925,
+              "refit": {"status": "finished", "train_images": 50000, "epochs": 30, "test_acc_plain": 0.931,
+                        "test_acc_tta": 0.94, "total_seconds": 75.2}}
+    records = [{"step": "reference", "status": "ok", "started": "2026-12-02T10:00:00Z", "result": ref},
+               {"step": "ladder", "status": "ok", "started": "2026-12-02T10:01:00Z", "result": ladder},
+               {"step": "search", "status": "ok", "started": "2026-12-02T10:09:00Z", "result": search}]
+    _write_session(tmp_path / "out", records)
+    assert gpu_results.main([str(tmp_path / "out")]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert ("airbench94 (airbench.train94) on our copy, 3 seeds: 92.10% (sd 0.10) plain, 92.60% (sd 0.10) mirror "
+            "TTA, 93.10% (sd 0.10) with its TTA (seed 0: 92.00% plain, 93.00% TTA, 3.1 s;") in rows["reference"]
+    assert "published 94.01% with its TTA on the original release: -0.91 points on our copy" in rows["reference"]
+    assert ("2 of 4 runs finished, 4 at a time with 3 loader workers each, 30 epochs, 41,000 training img/s summed "
+            "over the runs: default s0: 90.50% plain, 91.50% TTA, 180 s; no-smoothing s0: 91.00% plain, 92.00% TTA, "
+            "181 s; all-images s0: **failed** after 3 epochs (CUDA out of memory); not started: 40-epochs-s0; best "
+            "seed-0 rung by plain test accuracy: no-smoothing") in rows["ladder"]
+    assert ("refit on all 50,000 training images, 30 epochs: test 93.10% plain, 94.00% TTA, 75 s"
+            in rows["search"])

@@ -358,6 +358,36 @@ def test_best_config_beside_the_default_recipe(search_report):
     assert '<th scope="row">momentum</th><td>0.9</td><td>0.9</td>' in html
 
 
+def test_search_report_shows_the_refit_beside_the_best_trial(search_report):
+    """`cifar-search --refit`: the best configuration retrained on every training image is reported
+    next to the best trial's own test accuracy, with its plain and TTA figures and where it is."""
+    html = search_report.read_text()
+    row = re.search(r"<th[^>]*>Refit test accuracy</th><td>([^<]*(?:<[^t][^<]*)*)</td>", html)
+    assert row, html[:3000]
+    assert row.group(1).startswith("71.23% (the best configuration trained again on all 50,000 training images "
+                                   "for 3 epochs, in refit/; plain 71.23%, mirror TTA 73.11%)")
+    assert html.index(">Test accuracy<") < html.index(">Refit test accuracy<")  # beside the best trial's
+    assert "trained again on every training image (<code>--refit</code>" in html and "<code>search-demo/refit/</code>" in html
+
+
+def test_a_run_without_validation_split_reads_right(data_dir, tmp_path):
+    """--val-size 0 trains on every image and picks no epoch: the report says so instead of showing an
+    empty 'best validation (epoch N)', and the curves text does not promise validation curves."""
+    from distributed.engine import fit
+
+    cfg = TrainConfig(name="all", data_dir=str(data_dir), runs_dir=str(tmp_path), download=False, val_size=0,
+                      epochs=2, batch_size=25, eval_batch_size=64, num_workers=0, mixed_precision="no")
+    fit(cfg, tmp_path / "all", progress=False)
+    html = build_report(tmp_path / "all", tmp_path / "out", data_dir=data_dir, device="cpu", n_cam=1,
+                        n_examples=4).parent.joinpath("all", "index.html").read_text()
+    assert ("Best validation accuracy</th><td>none (--val-size 0: trained on all 50 training images; the final "
+            "weights are the ones tested)") in html
+    assert "Final validation accuracy" not in html and "(epoch 2)" not in html
+    assert '<div class="v">none</div><div class="k">Best validation accuracy</div>' in html
+    assert "beside validation" not in html and "validation and test loss" not in html
+    assert "This run has no validation split" in html and "no validation split (--val-size 0)" in html
+
+
 def test_hyperparameter_axes_follow_the_search_space():
     from reporting.figures import axis_scale
 

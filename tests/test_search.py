@@ -6,6 +6,7 @@ the CLI in subprocesses with their own Ray. Trials use 40 train / 20 val / 20 te
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from distributed import rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(subset=60, val_size=20, test_subset=20, batch_size=20, eval_batch_size=20, num_workers=0,
@@ -163,6 +166,62 @@ def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
     tdir = sdir / "trials" / rows[0]["trial_id"]
     assert (tdir / "checkpoints").is_dir() and (tdir / "model.safetensors").exists()
     assert "epoch   1/1" in (tdir / "train.log").read_text()
+
+
+def test_refit_trains_the_best_config_on_every_image_and_resumes_when_interrupted(ray_session, fake_cifar,
+                                                                                  tmp_path, monkeypatch, capsys):
+    """--refit: after the search, one more `fit` of the best trial's configuration with no validation split
+    (all 60 images of the subset) for the full epochs, tested once, beside the best trial's own test
+    accuracy. Interrupted after its first epoch, the search says so and --resume continues that run
+    from its checkpoint without touching the trials."""
+    import distributed.engine
+    from tuning.config import SearchConfig
+    from tuning.runner import run_search
+
+    real_fit = distributed.engine.fit
+
+    def fit_interrupted_after_epoch_1(cfg, run_dir=None, **kw):
+        def stop(report):
+            if report.epoch == 1:
+                raise KeyboardInterrupt  # Ctrl-C, after the epoch's checkpoint
+        return real_fit(cfg, run_dir, callback=stop, **kw)
+
+    monkeypatch.setattr(distributed.engine, "fit", fit_interrupted_after_epoch_1)  # only the driver's (refit) fit
+    space = {**FIXED, "max_lr": {"type": "choice", "values": [at_512(BAD_LR), at_512(GOOD_LR)]}}
+    search = SearchConfig(name="refit", num_samples=2, space=space, verbose=0, refit=True)
+    base = _base(fake_cifar, tmp_path, epochs=2)
+    first = run_search(base, search)
+    sdir = tmp_path / "search-refit"
+    refit = sdir / "refit"
+    assert first["interrupted"] and first["refit"]["status"] == "interrupted", first
+    assert json.loads((sdir / "search.json").read_text())["status"] == "interrupted"
+    assert (refit / "checkpoints" / "epoch_0001").is_dir() and not (refit / "summary.json").exists()
+    assert "continue with --name refit --resume" in capsys.readouterr().out
+    trials = {p: p.stat().st_mtime_ns for p in (sdir / "trials").glob("*/metrics.jsonl")}
+
+    monkeypatch.setattr(distributed.engine, "fit", real_fit)
+    summary = run_search(base, dataclasses.replace(search, resume=True))
+    assert {p: p.stat().st_mtime_ns for p in trials} == trials  # no trial ran again
+    # (refit/train.log gets the refit's output through file descriptors 1 and 2; pytest's capture holds it here)
+    shown = capsys.readouterr().out
+    assert (refit / "train.log").exists() and f"resumed {refit} from epoch 1" in shown
+    assert [m["epoch"] for m in rundir.read_metrics(refit)] == [1, 2]
+    r = summary["refit"]
+    assert r["status"] == "finished" and not summary["interrupted"], summary
+    assert r["trial_id"] == summary["best_trial"] and r["train_images"] == 60 and r["epochs"] == 2
+    assert r["test_acc"] == json.loads((refit / "summary.json").read_text())["test_acc"]
+    assert r["test_acc_plain"] is not None and r["test_acc_tta"] is not None and r["test_count"] == 20
+    # the best trial's configuration, on every image: only where it lives, its split and workers differ
+    best = json.loads((sdir / "trials" / r["trial_id"] / "config.json").read_text())
+    mine = json.loads((refit / "config.json").read_text())
+    assert mine["split"] == {"train": 60, "val": 0, "test": 20}
+    assert {k for k in best["config"] if best["config"][k] != mine["config"][k]} <= {"name", "runs_dir", "val_size",
+                                                                                   "num_workers"}
+    assert mine["config"]["val_size"] == 0 and mine["config"]["max_lr"] == pytest.approx(GOOD_LR)
+    info = json.loads((sdir / "search.json").read_text())
+    assert info["status"] == "finished" and info["summary"]["refit"] == r and info["search"]["refit"] is True
+    line = shown.strip().splitlines()[-1]
+    assert f"test_acc {summary['test_acc']:.4f} | refit on all 60 training images, 2 epochs: test_acc" in line, line
 
 
 def test_a_finite_but_diverging_trial_is_an_ordinary_trial(ray_session, fake_cifar, tmp_path):

@@ -251,6 +251,20 @@ def test_resume_refuses_a_changed_recipe(basic_run, tmp_path):
         fit(cfg.replace(runs_dir=str(tmp_path), max_lr=0.2), resume=True, progress=False)
 
 
+def test_a_run_saved_before_a_flag_existed_still_resumes(basic_run, tmp_path):
+    """config.json written before --cycle-momentum existed lacks the field: it means the default
+    (the behaviour of that time), so --resume goes on; a run that asks for another value is refused."""
+    cfg, _, run = basic_run
+    old = copy_unfinished(run, tmp_path / "basic")
+    meta = json.loads((old / rundir.CONFIG).read_text())
+    del meta["config"]["cycle_momentum"]
+    (old / rundir.CONFIG).write_text(json.dumps(meta))
+    mine = cfg.replace(runs_dir=str(tmp_path))
+    assert rundir.RunWriter(old).start(mine.to_dict(), resume=True) is None
+    with pytest.raises(ConfigError, match="differs from .* in: cycle_momentum"):
+        rundir.RunWriter(old).start(mine.replace(cycle_momentum=False).to_dict(), resume=True)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-lr", "-0.1"], "invalid --max-lr -0.1: the learning rate must be > 0"),
     (["--flip-p", "1.5"], "invalid --flip-p 1.5: a probability must be in [0, 1]"),
@@ -337,6 +351,35 @@ def test_schedules_onecycle_peaks_at_max_lr_and_ends_low_step_and_plateau_decay(
     for acc in (0.5, 0.5, 0.5):  # no improvement for more than `patience` epochs
         s.step(acc)
     assert o.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("flag", ["--cycle-momentum", "--no-cycle-momentum", None])
+def test_onecycle_cycles_momentum_unless_told_not_to(flag):
+    """By default OneCycle moves momentum against the learning rate (0.9 -> 0.765 at the peak -> 0.9);
+    `--no-cycle-momentum` keeps the momentum SGD steps with at --momentum throughout (David Page's recipe)."""
+    import torch
+
+    from cifar_lab.cli import train_parser
+    from distributed.config import config_from_args
+    from distributed.pipeline import build_optimizer, build_scheduler
+
+    cfg = config_from_args(train_parser().parse_args(["--epochs", "4", "--max-lr", "0.4"] + ([flag] if flag else [])))
+    assert cfg.cycle_momentum is (flag != "--no-cycle-momentum")
+    o = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    s = build_scheduler(cfg, o, steps_per_epoch=10)
+    lrs, momenta = [], []
+    for _ in range(40):
+        lrs.append(o.param_groups[0]["lr"])
+        momenta.append(o.param_groups[0]["momentum"])  # what SGD.step reads for this step
+        o.step()
+        s.step()
+    peak = int(np.argmax(lrs))
+    if cfg.cycle_momentum:
+        assert momenta[0] == pytest.approx(0.9) and momenta[peak] == pytest.approx(0.85 * 0.9)
+        assert min(momenta) == pytest.approx(0.765) and momenta[-1] > 0.89
+    else:
+        assert momenta == [0.9] * 40
+    assert max(lrs) == pytest.approx(0.4)  # the learning rate cycles either way
 
 
 def test_train_builds_the_report_at_the_end_and_a_report_failure_keeps_the_run(basic_run, tmp_path, capsys):

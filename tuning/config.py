@@ -51,6 +51,11 @@ class SearchConfig:
     seed: int = opt(0, "seed of the hyperparameter sampling", flag="--search-seed")
     verbose: bool = opt(False, "Ray Tune's own status table (about 200 columns, every 30 s) and Ray's worker "
                                "output, instead of the one-line progress view")
+    # scikit-learn's refit=True: the search chose on 45,000 images; the model to keep trains on all of them.
+    refit: bool = opt(False, "after the search, retrain the best trial's configuration on every training image "
+                             "(--val-size 0) for --epochs epochs into runs-dir/search-NAME/refit/, test it once "
+                             "and report it beside the best trial's own test accuracy (--resume continues an "
+                             "interrupted refit)")
     # An ended trial (finished, stopped by ASHA or failed) is never resumed: its epoch checkpoints and
     # final weights (~180 + 45 MB) are dead weight; its best weights are kept for best/.
     keep_trial_checkpoints: bool = opt(False, "keep every ended trial's epoch checkpoints and final weights "

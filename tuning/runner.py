@@ -333,11 +333,57 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         "interrupted": interrupted,
         "disk_bytes": rundir.disk_bytes(search_dir),
     }
+    if search.refit and best is not None and not interrupted:
+        # search.json says a refit is under way before it starts: a search killed during it is
+        # resumed (--resume) into the refit, not reported as finished without it.
+        summary["refit"] = {"status": "running", "run_dir": str(search_dir / rundir.REFIT)}
+        info.update(status="refitting", wall_seconds=wall, summary=summary)
+        rundir.write_json(search_dir / rundir.SEARCH_JSON, info)
+        summary["refit"] = refit_best(base_cfg, best, search_dir, data)
+        interrupted = summary["interrupted"] = summary["refit"]["status"] == "interrupted"
     info.update(status="interrupted" if interrupted else "finished", wall_seconds=wall, summary=summary,
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     rundir.write_json(search_dir / rundir.SEARCH_JSON, info)
     print(summary_line(summary), flush=True)
     return summary
+
+
+def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path) -> TrainConfig:
+    """The best trial's configuration (the base config with its sampled params, what the trial trained
+    with) on every training image: no validation split, the full --epochs, run dir search_dir/refit."""
+    return space_mod.apply_params(base_cfg, best["params"]).replace(name=rundir.REFIT, runs_dir=str(search_dir),
+                                                                    val_size=0)
+
+
+def refit_best(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path, data: Any) -> dict[str, Any]:
+    """`--refit`: `fit` the best configuration again on all training images in search_dir/refit/ and test
+    it once. Resumes that run when it was interrupted (and returns a finished one's result as it is).
+    Its output goes to refit/train.log, like a trial's. Returns what the search summary keeps: status
+    (finished | interrupted | failed), test accuracy as the run reports it and plain/TTA, images, seconds."""
+    from distributed.engine import Preempted, fit
+
+    cfg = refit_config(base_cfg, best, search_dir)
+    run_dir = search_dir / rundir.REFIT
+    out: dict[str, Any] = {"run_dir": str(run_dir), "trial_id": best["trial_id"], "epochs": cfg.epochs}
+    resumed = rundir.checkpoint_dirs(run_dir)
+    print(f"refit: {'resuming ' if resumed else ''}the best trial {best['trial_id']}'s configuration on every "
+          f"training image (--val-size 0), {cfg.epochs} epochs; its output: {run_dir / rundir.TRAIN_LOG}", flush=True)
+    try:
+        with _output_to_trial_log(run_dir):
+            summary = fit(cfg, run_dir, resume=True, data=data, progress=False)
+    except (KeyboardInterrupt, Preempted):
+        print(f"refit interrupted; {run_dir} keeps its checkpoints for --resume", flush=True)
+        return {**out, "status": "interrupted"}
+    except Exception as e:  # noqa: BLE001 - the search is done and saved; a failed refit must not hide it
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"refit failed ({type(e).__name__}: {why}); the search's results stand; traceback in "
+              f"{run_dir / rundir.TRAIN_LOG}", file=sys.stderr, flush=True)
+        return {**out, "status": "failed", "error": f"{type(e).__name__}: {why}"}
+    meta = rundir.read_json(run_dir / rundir.CONFIG)
+    out.update(status="finished", test_acc=summary["test_acc"], **rundir.test_accuracies(run_dir),
+               train_images=meta["split"]["train"], test_count=summary["test_count"],
+               wall_seconds=summary["wall_seconds"], total_seconds=summary["total_seconds"])
+    return out
 
 
 def summary_line(s: dict[str, Any]) -> str:
@@ -348,6 +394,12 @@ def summary_line(s: dict[str, Any]) -> str:
                 f"test_acc {s['test_acc']:.4f}")
     else:
         best = "no trial produced a validation result"
+    refit = s.get("refit") or {}
+    if refit.get("status") == "finished":
+        best += (f" | refit on all {refit['train_images']:,} training images, {refit['epochs']} epochs: "
+                 f"test_acc {refit['test_acc']:.4f}")
+    elif refit.get("status") == "failed":
+        best += f" | refit failed: {refit['error']}"
     disk = f" | {s['disk_bytes'] / 1e6:,.0f} MB on disk" if s.get("disk_bytes") is not None else ""
     left = s["trials"] - s["completed"] - s["stopped"] - s["failed"]
     unfinished = f", {left} not finished" if left else ""
