@@ -57,9 +57,14 @@ def _step(r: dict) -> tuple[str, str]:
 def _input(r: dict) -> tuple[str, str]:
     gpu = (f"; GPU bf16 step eats {_num(r['gpu_step_images_per_s_bf16'])} img/s, loader/GPU {r['loader_over_gpu']:.2f}"
            if r.get("loader_over_gpu") is not None else "")
+    base = (f"; the float pipeline it replaced (Normalize in the workers) {_num(r['float_images_per_s'])} img/s: "
+            f"{r['speedup_over_float']:.2f}x; per worker {r['per_worker_efficiency']:.2f} (float "
+            f"{r['float_per_worker_efficiency']:.2f})" if r.get("float_images_per_s") is not None else "")
+    speed = r.get("speedup_over_float")
     return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
-            f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{gpu}",
-            f"loader/GPU >= 1: {_met(r['loader_over_gpu'] >= 1) if r.get('loader_over_gpu') is not None else '?'}")
+            f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{base}{gpu}",
+            f"loader/GPU >= 1: {_met(r['loader_over_gpu'] >= 1) if r.get('loader_over_gpu') is not None else '?'}"
+            + (f"; >= 1.4x float: {_met(speed >= 1.4)}" if speed is not None else ""))
 
 
 def _train(r: dict) -> tuple[str, str]:
@@ -68,7 +73,8 @@ def _train(r: dict) -> tuple[str, str]:
             f"{_num(r.get('wall_seconds'), '.1f')} s training, {_num(r.get('total_seconds'), '.1f')} s in all; "
             f"{_num(r.get('images_per_sec'))} img/s; median epoch {_num(r.get('median_epoch_s'), '.2f')} s "
             f"(first {_num(r.get('first_epoch_s'), '.2f')} s); data wait {_pct(r.get('data_wait_frac_mean'))} mean, "
-            f"{_pct(r.get('data_wait_frac_max'))} max; validation {_num(r.get('eval_s_median'), '.2f')} s and "
+            f"{_pct(r.get('data_wait_frac_max'))} max; first batch {_num(r.get('first_batch_s'), '.2f')} s "
+            f"(start-up of epoch 1); validation {_num(r.get('eval_s_median'), '.2f')} s and "
             f"checkpoint {_num(r.get('checkpoint_s_median'), '.2f')} s per epoch{done}")
     acc, wall = r.get("test_acc"), r.get("wall_seconds")
     return text, (f">= 94% test in 30 epochs: {_met(acc >= 0.94) if acc is not None else '?'}; <= 60 s: "
@@ -77,8 +83,11 @@ def _train(r: dict) -> tuple[str, str]:
 
 def _gradcam(r: dict) -> tuple[str, str]:
     weights = "/".join(Path(r["weights"]).parts[-2:])  # runs/<name>/model.safetensors -> <name>/model.safetensors
+    prof = r.get("profile") or {}
+    where = "".join(f"; {side} one batch: {p['self_ms_total']:.1f} ms, top " + ", ".join(
+        f"{op['op']} {op['self_ms']:.1f} ms" for op in p["top"][:3]) for side, p in prof.items() if side != "file")
     return (f"ours {r['ours_s']:.2f} s vs grad-cam {r['lib_s']:.2f} s on {_num(r['num_images'])} images "
-            f"({weights}) -> {r['speedup']:.1f}x; max map difference {r['max_abs_diff']:.1e}",
+            f"({weights}) -> {r['speedup']:.1f}x; max map difference {r['max_abs_diff']:.1e}{where}",
             f">= 10x: {_met(r['speedup'] >= 10)}; <= 1e-4: {_met(r['max_abs_diff'] <= 1e-4)}")
 
 
@@ -92,10 +101,13 @@ def _report(r: dict) -> tuple[str, str]:
     return f"report built: {r['index']}, {r['figures']} figures, {r['bytes'] / 2**20:.1f} MiB", "-"
 
 
-def _search(r: dict) -> tuple[str, str]:
+def _search(r: dict, one_training: float | None = None) -> tuple[str, str]:
+    """one_training: a default training's img/s from the same session, to set the trials' sum against."""
     s = r.get("settings") or {}
     rate = (f"; {r['trial_train_images'] / r['wall_seconds']:,.0f} training img/s over all trials"
             if r.get("wall_seconds") else "")
+    if rate and one_training:
+        rate += f" ({r['trial_train_images'] / r['wall_seconds'] / one_training:.2f}x one training's {one_training:,.0f})"
     full = 30 * 45_000
     equiv = f" = {r['trial_train_images'] / full:.1f} full 30-epoch trainings of images" if r.get("trial_train_images") else ""
     best = (f"; best val {_pct(r.get('best_val_acc'))} (epoch {r.get('best_epoch')}), its test {_pct(r.get('test_acc'))}"
@@ -181,7 +193,7 @@ FORMATTERS: dict[str, Callable[[dict], tuple[str, str]]] = {
     "pack": _pack, "reference": _reference, "ladder": _ladder}
 
 
-def _figure(rec: dict) -> tuple[str, str]:
+def _figure(rec: dict, one_training: float | None = None) -> tuple[str, str]:
     res = rec.get("result")
     if rec["status"] == "skipped":
         return f"not run: {rec.get('reason')}", "-"
@@ -192,7 +204,7 @@ def _figure(rec: dict) -> tuple[str, str]:
     elif rec["step"].startswith("report-"):
         text, goal = _report(res)
     elif rec["step"] == "search":
-        text, goal = _search(res)
+        text, goal = _search(res, one_training)
     else:
         text, goal = FORMATTERS.get(res.get("bench", ""), lambda r: (json.dumps(r)[:300], "-"))(res)
     if rec["status"] != "ok":
@@ -229,8 +241,21 @@ def rows(summary: dict, records: list[dict]) -> list[str]:
     hw = hardware(summary)
     dry = summary.get("session") == "dry-run"
     out = ["| step | command | hardware | date | result | goal |", "| --- | --- | --- | --- | --- | --- |"]
+    trainings = [(rec.get("result") or {}).get("images_per_sec") for rec in records
+                 if rec["step"].startswith("train-seed")]
+    one_training = next((t for t in trainings if t), None)  # what four trials sharing the GPU are set against
+    eager = next((rec.get("result") for rec in records if rec["step"] == "train-seed0" and rec.get("result")), None)
     for rec in records:
-        text, goal = _figure(rec)
+        text, goal = _figure(rec, one_training)
+        res = rec.get("result") or {}
+        if rec["step"] == "train-compile" and eager and res.get("total_seconds") and eager.get("total_seconds"):
+            speed = eager["total_seconds"] / res["total_seconds"]
+            acc = (f", test {100 * (res['test_acc'] - eager['test_acc']):+.2f} points"
+                   if res.get("test_acc") is not None and eager.get("test_acc") is not None else "")
+            text += (f"; against train-seed0 (eager): whole fit {speed:.2f}x faster{acc}, first epoch "
+                     f"{_num(res.get('first_epoch_s'), '.1f')} s vs {_num(eager.get('first_epoch_s'), '.1f')} s "
+                     f"(what a trial stopped after one epoch pays)")
+            goal = f"default on GPU if >= 1.15x at equal accuracy: {_met(speed >= 1.15)}"
         if rec.get("label"):
             text += f" ({rec['label']})"
         date = (rec.get("started") or "")[:10]

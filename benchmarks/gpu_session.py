@@ -141,6 +141,7 @@ def estimates(search_epochs: int = SEARCH_EPOCHS, search_refit: bool = False) ->
             "smoke-ray": 15, "step-bf16": 10 + 12 * 50 * 512 / ips,
             "input": 15 + 20_000 * 3 / 17_000, "train-seed0": train, "report-seed0": 25, "gradcam": 25,
             "tta-val": 10, "search": search, "step-compile": 90, "train-seed1": train, "train-seed2": train,
+            "train-compile": train + 60,
             "input-slowest": 15 + 20_000 * 3 / 5_000}
 
 
@@ -170,10 +171,10 @@ def bench_cmd(o: Options, script: str, *args: str) -> list[str]:
     return [o.python, f"benchmarks/{script}.py", *args, "--device", o.device]
 
 
-def train_cmd(o: Options, name: str, seed: int) -> list[str]:
+def train_cmd(o: Options, name: str, seed: int, *extra: str) -> list[str]:
     tiny = TINY_TRAIN if o.dry_run else []  # GPU: the default recipe, 30 epochs
     return [o.python, "distributed/train.py", "--data-dir", o.data_dir, "--runs-dir", str(o.runs), "--name", name,
-            "--seed", str(seed), "--no-download", "--no-report", *tiny]
+            "--seed", str(seed), "--no-download", "--no-report", *tiny, *extra]
 
 
 def report_cmd(o: Options, run: str) -> list[str]:
@@ -257,8 +258,10 @@ def plan(o: Options) -> list[Step]:
         Step("report-seed0", "the HTML report of that run (GradCAM on the GPU)",
              lambda d: report_cmd(o, "seed0"), 120, 60, est["report-seed0"], collect="report",
              target="reports/seed0", needs=("train-seed0",)),
-        Step("gradcam", "GradCAM layer1..4 on 10,000 test images, ours against grad-cam, seed-0 weights",
+        Step("gradcam", "GradCAM layer1..4 on 10,000 test images, ours against grad-cam, seed-0 weights; "
+                       "a torch.profiler table of one batch of each into gradcam-profile.txt",
              lambda d: bench_cmd(o, "bench_gradcam", "--data-dir", o.data_dir, *weights(d),
+                                 "--profile", str(o.work / "gradcam"),
                                  *sizes([], ["--num-images", "4", "--batch-size", "4"])), 150, 90, est["gradcam"],
              needs=("smoke-torch",)),
         Step("tta-val", "mirror TTA against plain evaluation on validation, seed-0 weights",
@@ -281,6 +284,13 @@ def plan(o: Options) -> list[Step]:
              est["train-seed1"], collect="run", target="runs/seed1", needs=("smoke-torch",), grace_s=20),
         Step("train-seed2", "the default recipe, seed 2", lambda d: train_cmd(o, "seed2", 2), 300, 150,
              est["train-seed2"], collect="run", target="runs/seed2", needs=("smoke-torch",), grace_s=20),
+        # --compile becomes the GPU default only if a whole 30-epoch fit, compilation included, is >= 1.15x
+        # faster at equal accuracy; its first epoch is what a search trial that ASHA stops at once pays.
+        Step("train-compile", "the default recipe, seed 0, with --compile: total_seconds (compilation included) "
+                              "and its first epoch against train-seed0's",
+             lambda d: train_cmd(o, "compile-seed0", 0, "--compile"), 360, 180, est["train-compile"], collect="run",
+             target="runs/compile-seed0", needs=("smoke-torch",), grace_s=20,
+             env={"TORCH_COMPILE_DISABLE": "1"} if tiny else {}),
         Step("input-slowest", "DataLoader img/s with affine and colour at p=1 (the slowest search draw)",
              lambda d: bench_cmd(o, "bench_input", "--data-dir", o.data_dir, "--affine-p", "1", "--color-p", "1",
                                  *input_sizes), 120, 60, est["input-slowest"], needs=("smoke-torch",)),
@@ -378,6 +388,7 @@ def collect_run(run_dir: Path) -> dict | None:
                                         "images_per_sec", "device", "mixed_precision", "world_size")}
     out.update(finished=bool(summary), epochs=rows[-1]["epoch"] if rows else 0,
                first_epoch_s=rows[0]["epoch_seconds"] if rows else None,
+               first_batch_s=rows[0].get("first_batch_seconds") if rows else None,
                median_epoch_s=_median(col("epoch_seconds")[1:] or col("epoch_seconds")),
                data_wait_frac_mean=sum(col("data_wait_frac")) / len(rows) if rows else None,
                data_wait_frac_max=max(col("data_wait_frac"), default=None),

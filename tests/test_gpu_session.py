@@ -38,7 +38,8 @@ def _device_tool_returns(out: Path) -> None:
 
 # Steps whose command is another step's with other values (tested below): the dry run in CI leaves them
 # out to save a CPU minute; `python benchmarks/gpu_session.py --dry-run` by hand runs them all.
-VARIANTS = {"train-seed1": "train-seed0", "train-seed2": "train-seed0", "step-compile": "step-bf16",
+VARIANTS = {"train-seed1": "train-seed0", "train-seed2": "train-seed0", "train-compile": "train-seed0",
+            "step-compile": "step-bf16",
             "input-slowest": "input", "ladder-winner": "ladder"}
 
 
@@ -67,12 +68,15 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     assert res["smoke-torch"]["ok"] and res["smoke-torch"]["fit_mixed_precision"] == "no"
     assert all(t["all_four_at_once"] for t in res["smoke-ray"]["tasks"]) and res["smoke-ray"]["pretend_gpu"]
     assert res["step-bf16"]["bf16"] and res["step-bf16"]["channels_last"] and res["step-bf16"]["ours_step_s"] > 0
-    assert res["input"]["ours_images_per_s"] > 0
+    assert res["input"]["ours_images_per_s"] > 0 and res["input"]["float_images_per_s"] > 0  # the baseline beside it
     run = res["train-seed0"]
     assert run["finished"] and run["epochs"] == 1 and run["test_acc"] is not None, run
     assert run["checkpoint_s_median"] is not None and run["data_wait_frac_mean"] is not None
+    assert 0 < run["first_batch_s"] < run["first_epoch_s"]
     assert res["report-seed0"]["figures"] > 0
     assert "model.safetensors" in res["gradcam"]["weights"] and res["gradcam"]["max_abs_diff"] <= 1e-4
+    prof = res["gradcam"]["profile"]  # where the time goes, both sides, and the tables in the archive
+    assert prof["ours"]["top"] and prof["grad-cam"]["top"] and prof["file"].endswith("gradcam/gradcam-profile.txt")
     assert res["tta-val"]["val_count"] == 20 and res["tta-val"]["val_acc_tta"] is not None
     search = res["search"]
     assert search["status"] == "finished" and search["trials"] == 2 and search["trial_epochs"] >= 2, search
@@ -106,6 +110,7 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     assert any(n.endswith("runs/search-session/results.csv") for n in names)
     assert any(n.endswith("runs/ladder/ladder.jsonl") for n in names)
     assert any(n.endswith("runs/ladder/logs/default-s0.log") for n in names)
+    assert any(n.endswith("gradcam/gradcam-profile.txt") for n in names)
     assert any(n.endswith("logs/train-seed0.log") for n in names) and any(n.endswith(".html") for n in names)
     left_in = [n for n in names if n.endswith(gpu_session.EXCLUDE_SUFFIXES) or "/checkpoints/" in n]
     assert left_in == []
@@ -134,6 +139,10 @@ def test_the_steps_left_out_of_the_ci_dry_run_are_variants_of_steps_it_runs():
         assert argv(name) == expected
         assert (steps[name].collect, steps[name].target) == ("run", f"runs/seed{seed}")
     assert sorted(argv("step-compile")) == sorted(argv("step-bf16") + ["--compile"])
+    compiled = list(seed0)
+    compiled[seed0.index("--name") + 1] = "compile-seed0"
+    assert argv("train-compile") == compiled + ["--compile"]
+    assert (steps["train-compile"].collect, steps["train-compile"].target) == ("run", "runs/compile-seed0")
     ladder, winner = argv("ladder"), argv("ladder-winner")
     at = ladder.index("--rungs")
     assert winner[:at] == ladder[:at] and winner[at + 4:] == ladder[at + 2:]  # only which rung and seeds differ
@@ -463,3 +472,42 @@ def test_results_writer_shows_the_reference_the_ladder_and_the_refit(tmp_path, c
             "seed-0 rung by plain test accuracy: no-smoothing") in rows["ladder"]
     assert ("refit on all 50,000 training images, 30 epochs: test 93.10% plain, 94.00% TTA, 75 s"
             in rows["search"])
+
+
+def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, capsys):
+    """Issue 19's rows: the input step beside the float pipeline it replaced, four trials sharing the GPU
+    against one training of the same session, the first batch's start-up, the GradCAM profile's top ops,
+    and a compiled fit against the eager one (the 1.15x rule for making --compile the GPU default)."""
+    inp = {"bench": "input", "ours_images_per_s": 52000.0, "bare_images_per_s": 9000.0, "workers": 12,
+           "affine_p": 0.0, "color_p": 0.0, "float_images_per_s": 36000.0, "speedup_over_float": 1.444,
+           "per_worker_efficiency": 0.48, "float_per_worker_efficiency": 0.41, "loader_over_gpu": 1.08,
+           "gpu_step_images_per_s_bf16": 48000.0}
+    train = {"finished": True, "epochs": 30, "test_acc": 0.905, "images_per_sec": 30000.0, "first_batch_s": 1.25,
+             "wall_seconds": 50.0, "total_seconds": 60.0}
+    search = {"trials": 32, "status": "stopped", "wall_seconds": 100, "trial_epochs": 40, "trial_train_images": 1.5e6}
+    gradcam = {"bench": "gradcam", "weights": "runs/seed0/model.safetensors", "ours_s": 2.0, "lib_s": 20.0,
+               "num_images": 10000, "speedup": 10.0, "max_abs_diff": 1e-5,
+               "profile": {"ours": {"self_ms_total": 12.5, "top": [{"op": "aten::cudnn_convolution", "self_ms": 6.0}]},
+                           "grad-cam": {"self_ms_total": 99.0, "top": [{"op": "aten::copy_", "self_ms": 40.0}]},
+                           "file": "/w/gradcam/gradcam-profile.txt"}}
+    compiled = {**train, "total_seconds": 50.0, "test_acc": 0.906, "first_epoch_s": 40.0}
+    train = {**train, "first_epoch_s": 4.0}
+    records = [{"step": "input", "status": "ok", "started": "2026-12-02T10:00:00Z", "result": inp},
+               {"step": "train-seed0", "status": "ok", "started": "2026-12-02T10:01:00Z", "result": train},
+               {"step": "train-compile", "status": "ok", "started": "2026-12-02T10:01:30Z", "result": compiled},
+               {"step": "gradcam", "status": "ok", "started": "2026-12-02T10:02:00Z", "result": gradcam},
+               {"step": "search", "status": "ok", "started": "2026-12-02T10:03:00Z", "result": search}]
+    _write_session(tmp_path / "out", records)
+    assert gpu_results.main([str(tmp_path / "out")]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert ("the float pipeline it replaced (Normalize in the workers) 36,000 img/s: 1.44x; per worker 0.48 "
+            "(float 0.41)") in rows["input"]
+    assert "loader/GPU >= 1: met; >= 1.4x float: met" in rows["input"]
+    assert "first batch 1.25 s (start-up of epoch 1)" in rows["train-seed0"]
+    assert ("against train-seed0 (eager): whole fit 1.20x faster, test +0.10 points, first epoch 40.0 s vs 4.0 s"
+            in rows["train-compile"]) and "default on GPU if >= 1.15x at equal accuracy: met" in rows["train-compile"]
+    assert "15,000 training img/s over all trials (0.50x one training's 30,000)" in rows["search"]
+    assert ("ours one batch: 12.5 ms, top aten::cudnn_convolution 6.0 ms; grad-cam one batch: 99.0 ms, top "
+            "aten::copy_ 40.0 ms") in rows["gradcam"]
+
