@@ -435,6 +435,16 @@ def test_results_writer_prints_readme_rows(tmp_path, capsys):
     assert "holds no steps.jsonl" in capsys.readouterr().err
 
 
+def _result_rows(tmp_path: Path, capsys, **results: dict) -> dict[str, str]:
+    """The results writer's table rows, by step, for a session whose steps (in order) gave `results`."""
+    records = [{"step": step, "status": "ok", "started": f"2026-12-02T10:{i:02d}:00Z", "result": res}
+               for i, (step, res) in enumerate(results.items())]
+    _write_session(tmp_path / "out", records)
+    assert gpu_results.main([str(tmp_path / "out")]) == 0
+    return {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+
+
 def test_results_writer_shows_the_reference_the_ladder_and_the_refit(tmp_path, capsys):
     """The accuracy steps' rows: the reference's per-seed and mean figures against its published 94.01%,
     each ladder run plain and TTA (a failed one flagged, unstarted ones named), and the search's refit."""
@@ -456,13 +466,7 @@ def test_results_writer_shows_the_reference_the_ladder_and_the_refit(tmp_path, c
               "trial_epochs": 110, "trial_train_images": 4.5e6, "max_epochs": 30, "best_val_acc": 0.93, "best_epoch": 30, "test_acc": 0.925,
               "refit": {"status": "finished", "train_images": 50000, "epochs": 30, "test_acc_plain": 0.931,
                         "test_acc_tta": 0.94, "total_seconds": 75.2}}
-    records = [{"step": "reference", "status": "ok", "started": "2026-12-02T10:00:00Z", "result": ref},
-               {"step": "ladder", "status": "ok", "started": "2026-12-02T10:01:00Z", "result": ladder},
-               {"step": "search", "status": "ok", "started": "2026-12-02T10:09:00Z", "result": search}]
-    _write_session(tmp_path / "out", records)
-    assert gpu_results.main([str(tmp_path / "out")]) == 0
-    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| ")}
+    rows = _result_rows(tmp_path, capsys, reference=ref, ladder=ladder, search=search)
     assert ("airbench94 (airbench.train94) on our copy, 3 seeds: 92.10% (sd 0.10) plain, 92.60% (sd 0.10) mirror "
             "TTA, 93.10% (sd 0.10) with its TTA (seed 0: 92.00% plain, 93.00% TTA, 3.1 s;") in rows["reference"]
     assert "published 94.01% with its TTA on the original release: -0.91 points on our copy" in rows["reference"]
@@ -492,15 +496,8 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
                            "file": "/w/gradcam/gradcam-profile.txt"}}
     compiled = {**train, "total_seconds": 50.0, "test_acc": 0.906, "first_epoch_s": 40.0}
     train = {**train, "first_epoch_s": 4.0}
-    records = [{"step": "input", "status": "ok", "started": "2026-12-02T10:00:00Z", "result": inp},
-               {"step": "train-seed0", "status": "ok", "started": "2026-12-02T10:01:00Z", "result": train},
-               {"step": "train-compile", "status": "ok", "started": "2026-12-02T10:01:30Z", "result": compiled},
-               {"step": "gradcam", "status": "ok", "started": "2026-12-02T10:02:00Z", "result": gradcam},
-               {"step": "search", "status": "ok", "started": "2026-12-02T10:03:00Z", "result": search}]
-    _write_session(tmp_path / "out", records)
-    assert gpu_results.main([str(tmp_path / "out")]) == 0
-    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| ")}
+    rows = _result_rows(tmp_path, capsys, **{"input": inp, "train-seed0": train, "train-compile": compiled,
+                                             "gradcam": gradcam, "search": search})
     assert ("the float pipeline it replaced (Normalize in the workers) 36,000 img/s: 1.44x; per worker 0.48 "
             "(float 0.41)") in rows["input"]
     assert "loader/GPU >= 1: met; >= 1.4x float: met" in rows["input"]
