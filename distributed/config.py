@@ -31,6 +31,11 @@ def lr_for_batch(lr_at_reference: float, batch_size: int) -> float:
     return lr_at_reference * batch_size / REFERENCE_BATCH
 
 
+def precision_name(mixed_precision: str) -> str:
+    """The arithmetic of a run's resolved mixed_precision ("no", "bf16", "fp16"): "no" is plain fp32."""
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
         choices: tuple[str, ...] | None = None, flag: str | None = None, cli: bool = True,
         shown_default: str | None = None) -> Any:

@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from distributed import rundir, tracking
-from distributed.config import TrainConfig
+from distributed.config import TrainConfig, precision_name
 from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
 from distributed.failures import NonFiniteLossError
 from distributed.model import count_parameters, unwrap
@@ -395,7 +395,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     previous_total = state.total_seconds  # earlier invocations, up to their last checkpoint
     steps_per_epoch = len(p.train_loader)
     log(f"{writer.run_dir}: {len(p.split.train)} train / {len(p.split.val)} val / {len(p.split.test)} test images, "
-        f"{meta['device']}, {meta['mixed_precision']} precision, global batch {cfg.batch_size}, "
+        f"{meta['device']}, {precision_name(meta['mixed_precision'])} precision, global batch {cfg.batch_size}, "
         f"max_lr {cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()}), {meta['num_params']:,} parameters")
     tracking.start(cfg, accelerator, writer.run_dir, purge_step=state.epoch * steps_per_epoch + 1)
     resume_epoch = state.epoch if checkpoints else 0  # what a --resume after a stop continues from

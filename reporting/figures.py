@@ -151,7 +151,7 @@ def plot_curves(metrics: Sequence[dict[str, Any]], path: Path, *, label_smoothin
 
 @_plain_text
 def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Sequence[dict[str, Any]] = (),
-                     max_lr: float | None = None) -> Path:
+                     max_lr: float | None = None, max_lr_source: str = "--max-lr") -> Path:
     """Learning rate (left) and training loss (right) at every optimiser step, against the epoch.
 
     `steps` are steps.jsonl rows; a run without them (older runs) gets the per-epoch rate from
@@ -173,7 +173,8 @@ def plot_lr_schedule(steps: Sequence[dict[str, Any]], path: Path, metrics: Seque
         ax.plot([x[peak]], [lr[peak]], "o", color="tab:red", ms=5,
                 label=f"highest used: {lr[peak]:.4g} at step {int(step[peak])}")
         if max_lr:  # OneCycle reaches it only when its warm-up ends on a whole step
-            ax.axhline(max_lr, color="0.4", ls=":", lw=1, label=f"--max-lr {max_lr:g}")
+            # rounded as the run header rounds it; the source is the flag or the batch rule
+            ax.axhline(max_lr, color="0.4", ls=":", lw=1, label=f"max_lr {max_lr:.4g} ({max_lr_source})")
         ax.legend(fontsize=8)
         ax.set_title(f"Learning rate at each of {len(steps):,} optimiser steps", fontsize=11)
         ax_loss.plot(x, loss, "-", lw=0.8, alpha=0.45, label="each step")
@@ -403,25 +404,46 @@ def _number_ticks(ax, axis: str, scale: str, spec: Any) -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def _set_scale(ax, axis: str, scale: str, spec: Any) -> None:
-    """The axis scale, few plain tick labels, and the limits of the searched range when known
+def _range(spec: Any, values: np.ndarray, scale: str) -> tuple[float, float] | None:
+    """The searched range (the space's lower-upper), widened to hold every value drawn: a trial outside
+    it (a space changed on --resume, an older search.json) is drawn where it is, not off the axis."""
+    finite = values[np.isfinite(values)]
+    if scale in ("log", "symlog"):
+        finite = finite[finite > 0]  # 0 is "off" on a symlog axis, below the log range
+    bounds = []
+    if isinstance(spec, dict) and all(isinstance(spec.get(k), (int, float)) and not isinstance(spec.get(k), bool)
+                                      for k in ("lower", "upper")):
+        bounds = [float(spec["lower"]), float(spec["upper"])]
+    both = np.concatenate([np.asarray(bounds, float), finite])
+    if not both.size:
+        return None
+    return float(both.min()), float(both.max())
+
+
+def _set_scale(ax, axis: str, scale: str, spec: Any, values: np.ndarray) -> None:
+    """The axis scale, few plain tick labels, and limits that hold the searched range and every value
     (so where the trials fell within the range shows, not only among themselves)."""
     setter = ax.set_xscale if axis == "x" else ax.set_yscale
+    limits = _range(spec, values, scale)
     if scale == "symlog":
-        setter("symlog", linthresh=float(spec["lower"]), linscale=0.5)
+        linthresh = float(spec["lower"]) if isinstance(spec, dict) and spec.get("lower") else (
+            limits[0] if limits and limits[0] > 0 else 1e-8)
+        setter("symlog", linthresh=linthresh, linscale=0.5)
+        spec = {**(spec if isinstance(spec, dict) else {}), "lower": linthresh}
     elif scale == "log":
         setter("log")
     _number_ticks(ax, axis, scale, spec)
-    if isinstance(spec, dict) and isinstance(spec.get("lower"), (int, float)) and isinstance(spec.get("upper"), (int, float)):
-        lo, hi = float(spec["lower"]), float(spec["upper"])
-        if scale == "log":
-            limits = (lo / 1.2, hi * 1.2)
-        elif scale == "symlog":
-            limits = (-0.3 * lo, hi * 1.2)
-        else:
-            pad = 0.04 * (hi - lo)
-            limits = (lo - pad, hi + pad)
-        (ax.set_xlim if axis == "x" else ax.set_ylim)(*limits)
+    if limits is None:
+        return
+    lo, hi = limits
+    if scale == "log":
+        padded = (lo / 1.2, hi * 1.2)
+    elif scale == "symlog":
+        padded = (-0.3 * float(spec["lower"]), hi * 1.2)
+    else:
+        pad = 0.04 * (hi - lo) if hi > lo else 0.5
+        padded = (lo - pad, hi + pad)
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(*padded)
 
 
 def _categories(raw: Sequence[Any], spec: Any) -> list[str]:
@@ -432,33 +454,40 @@ def _categories(raw: Sequence[Any], spec: Any) -> list[str]:
 
 @_plain_text
 def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path,
-                 space: dict[str, Any] | None = None) -> Path:
+                 space: dict[str, Any] | None = None, labels: dict[str, str] | None = None) -> Path:
     """One scatter per hyperparameter: its value against the trial's best validation accuracy.
 
     The x axis follows the search space: log for log-uniform draws, linear for uniform ones,
-    symlog (0 beside a log range) for "off or log-uniform", categories for choices and text.
+    symlog (0 beside a log range) for "off or log-uniform", categories for choices and text. It spans
+    the space's range and every value in `rows`, so each trial is drawn. `space` is the space the
+    values were drawn from (for learning rates: scaled to the search's batch); `labels` names axes.
     """
-    space = space or {}
+    space, labels = space or {}, labels or {}
     ncols = min(3, max(1, len(params)))
     nrows = -(-len(params) // ncols)
     fig = _figure(figsize=(min(_MAX_WIDTH_IN, 4.6 * ncols), 3.3 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     y = np.array([_float(r.get(metric)) for r in rows]) * 100
+    scored = np.isfinite(y)
     for ax, p in zip(axes.flat, params):
         raw = [r.get(p) for r in rows]
         xs = np.array([_float(v) for v in raw])
         scale = axis_scale(space.get(p), xs) if len(xs) else "linear"
         if scale == "category":
             cats = _categories(raw, space.get(p))
-            ax.scatter([cats.index(str(v)) for v in raw], y, s=25, alpha=0.8)
+            xs = np.array([cats.index(str(v)) for v in raw], dtype=float)
             ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right", fontsize=8)
             ax.set_xlim(-0.5, len(cats) - 0.5)
         else:
-            ax.scatter(xs, y, s=25, alpha=0.8)
-            _set_scale(ax, "x", scale, space.get(p))
+            _set_scale(ax, "x", scale, space.get(p), xs)
             ax.tick_params(axis="x", labelsize=8)
+        ax.scatter(xs[scored], y[scored], s=25, alpha=0.8, label="trial")
+        if not scored.all():  # a failed trial has no accuracy: an x at the bottom, so it is still drawn
+            ax.scatter(xs[~scored], np.full(int((~scored).sum()), 0.03), marker="x", color="tab:red", s=30,
+                       transform=ax.get_xaxis_transform(), label="no validation result")
+            ax.legend(fontsize=7, loc="upper right", handles=ax.collections[-1:])
         kind = space[p].get("type") if isinstance(space.get(p), dict) else None
-        ax.set_xlabel(f"{p} ({kind})" if kind else p)
+        ax.set_xlabel(labels.get(p) or (f"{p} ({kind})" if kind else p), fontsize=9)
         ax.set_ylabel("best val accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params):]:
@@ -509,18 +538,17 @@ def plot_search_curves(trials: Sequence[dict[str, Any]], path: Path, best: str |
 
 
 def _unit_position(values: np.ndarray, spec: Any, scale: str) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """Values mapped onto [0, 1] the way the search space draws them, and (position, label) ticks."""
-    finite = values[np.isfinite(values)]
-    if isinstance(spec, dict) and "lower" in spec and "upper" in spec:
-        lo, hi = float(spec["lower"]), float(spec["upper"])
-    else:
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    """Values mapped onto [0, 1] the way the search space draws them, over the space's range widened to
+    hold every value (`_range`), and (position, label) ticks at both ends and the middle."""
+    limits = _range(spec, values, scale) or (0.0, 1.0)
+    lo, hi = limits
     if scale in ("log", "symlog") and lo > 0:
         off = scale == "symlog"
         # symlog: 0 ("off") at the bottom, the log range above it from 0.15 to 1
         base = 0.15 if off else 0.0
+        span = math.log(hi) - math.log(lo) if hi > lo else 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            pos = base + (1 - base) * (np.log(np.maximum(values, 1e-300)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+            pos = base + (1 - base) * (np.log(np.maximum(values, 1e-300)) - math.log(lo)) / span
         if off:
             pos = np.where(values == 0, 0.0, pos)
         ticks = [(base, f"{lo:.3g}"), (base + (1 - base) / 2, f"{math.sqrt(lo * hi):.3g}"), (1.0, f"{hi:.3g}")]
@@ -532,10 +560,12 @@ def _unit_position(values: np.ndarray, spec: Any, scale: str) -> tuple[np.ndarra
 
 @_plain_text
 def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path,
-                  space: dict[str, Any] | None = None, best: str | None = None) -> Path:
+                  space: dict[str, Any] | None = None, best: str | None = None,
+                  labels: dict[str, str] | None = None) -> Path:
     """Parallel coordinates: one vertical axis per sampled hyperparameter (scaled as the search space
-    draws it), one line per trial coloured by its best validation accuracy; trials without a
-    validation result grey and dashed, the best trial thick."""
+    draws it, spanning its range and every value), one line per trial coloured by its best validation
+    accuracy; trials without a validation result grey and dashed, the best trial thick. `labels`
+    name the axes (their first line is used: the columns are narrow)."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -578,8 +608,15 @@ def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric:
         for y, text in ticks:
             ax.text(j + 0.04, y, text, fontsize=7.5, va="center", ha="left", color="0.25",
                     bbox=dict(boxstyle="round,pad=0.1", facecolor="white", alpha=0.7, lw=0))
-    ax.set_xticks(xs_axis, [f"{p}\n({space[p]['type']})" if isinstance(space.get(p), dict) else p for p in params],
-                  fontsize=8.5)
+    labels = labels or {}
+
+    def name(p: str) -> str:
+        first = (labels.get(p) or "").split("\n")[0]
+        if first:  # "max_lr (loguniform), as trained at batch 50:" -> three short lines
+            return first.rstrip(":").replace(" (", "\n(").replace(", ", "\n")
+        return f"{p}\n({space[p]['type']})" if isinstance(space.get(p), dict) else p
+
+    ax.set_xticks(xs_axis, [name(p) for p in params], fontsize=8.5)
     ax.set_xlim(-0.2, n - 0.5)
     ax.set_ylim(-0.06, 1.06)
     ax.set_yticks([])
@@ -590,16 +627,23 @@ def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric:
     return _save(fig, path)
 
 
+# A bin's accuracy from fewer images than this is noise (one image is 0 or 100%): drawn grey, no gap.
+MIN_BIN_COUNT = 20
+
+
 @_plain_text
-def plot_reliability(variants: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_reliability(variants: Sequence[dict[str, Any]], path: Path, min_count: int = MIN_BIN_COUNT) -> Path:
     """Reliability diagrams side by side, one per variant (e.g. plain and mirror-averaged logits).
 
     Each variant is `calibration_stats`' dict plus a "label": per bin the accuracy (bar) against
     the mean confidence (the diagonal is perfect calibration; red is the gap), and below it the
-    share of test images in each bin.
+    number of test images in each bin. A bin with fewer than `min_count` images gets a grey
+    accuracy bar and no gap: a handful of images would draw a gap as tall as the axis.
     """
+    from matplotlib.patches import Patch
+
     n = len(variants)
-    fig = _figure(figsize=(5.2 * n, 5.4))
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, 5.2 * n), 5.6))
     grid = fig.add_gridspec(2, n, height_ratios=(3, 1), hspace=0.08)
     for j, v in enumerate(variants):
         ax = fig.add_subplot(grid[0, j])
@@ -607,24 +651,34 @@ def plot_reliability(variants: Sequence[dict[str, Any]], path: Path) -> Path:
         lower, upper = np.asarray(v["bin_lower"]), np.asarray(v["bin_upper"])
         count, acc, conf = np.asarray(v["count"]), np.asarray(v["acc"], float), np.asarray(v["conf"], float)
         width = upper - lower
-        has = count > 0
-        ax.bar(lower[has], acc[has], width=width[has], align="edge", color="tab:blue", edgecolor="white",
+        enough, sparse = count >= min_count, (count > 0) & (count < min_count)
+        ax.bar(lower[enough], acc[enough], width=width[enough], align="edge", color="tab:blue", edgecolor="white",
                label="accuracy in bin")
         gap_lo, gap_hi = np.minimum(acc, conf), np.maximum(acc, conf)
-        ax.bar(lower[has], (gap_hi - gap_lo)[has], bottom=gap_lo[has], width=width[has], align="edge",
+        ax.bar(lower[enough], (gap_hi - gap_lo)[enough], bottom=gap_lo[enough], width=width[enough], align="edge",
                color="none", edgecolor="tab:red", hatch="///", lw=0.8, label="gap to mean confidence")
+        ax.bar(lower[sparse], acc[sparse], width=width[sparse], align="edge", color="0.82", edgecolor="white",
+               label=f"under {min_count} images: accuracy only, no gap")
         ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.set_title(f"{v['label']}: ECE {100 * v['ece']:.2f}%", fontsize=11)
-        ax.legend(fontsize=8, loc="upper left")
+        handles = [Patch(color="tab:blue", label="accuracy in bin"),
+                   Patch(facecolor="none", edgecolor="tab:red", hatch="///", label="gap to mean confidence"),
+                   Patch(color="0.82", label=f"bin under {min_count} images: no gap drawn")]
+        ax.legend(handles=handles + ax.get_lines()[:1], fontsize=8, loc="upper left")
         ax.tick_params(labelbottom=False)
         ax.grid(alpha=0.3)
-        total = max(1, int(count.sum()))
-        hist.bar(lower, count / total * 100, width=width, align="edge", color="0.55", edgecolor="white")
+        hist.bar(lower[enough], count[enough], width=width[enough], align="edge", color="0.45", edgecolor="white")
+        hist.bar(lower[sparse], count[sparse], width=width[sparse], align="edge", color="0.82", edgecolor="white")
+        top = max(1, int(count.max())) if count.size else 1
+        for lo_, w, c in zip(lower, width, count):
+            if c > 0:  # the count itself: the bar heights alone hide a bin of 3 beside one of 400
+                hist.text(lo_ + w / 2, c + 0.04 * top, str(int(c)), ha="center", va="bottom", fontsize=6.5)
+        hist.set_ylim(0, top * 1.35)
         hist.set_xlabel("confidence (probability of the predicted class)")
-        hist.set_ylabel("% of images")
+        hist.set_ylabel("images")
         hist.grid(alpha=0.3)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.1, wspace=0.25)
     return _save(fig, path)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distributed import rundir
-from distributed.config import ConfigError, TrainConfig
+from distributed.config import ConfigError, TrainConfig, precision_name
 from reporting import index as reports_index
 from reporting.search import SearchError, config_comparison, format_number, search_context
 
@@ -383,7 +383,8 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
         title = f"CIFAR-10 report: {run.config.name}"
     return {
         "title": title,
-        "run_path": str(run.path),
+        "run_path": shown_path(run.path),
+        "search_path": shown_path(search["path"]) if search else None,
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "warnings": health_warnings(run.metrics, run.summary, stats["pred"], classes),
         "summary": summary_rows,
@@ -433,7 +434,8 @@ def _curve_figures(page: _Page) -> None:
     if run.steps:
         figures.plot_lr_schedule(run.steps, page.fig(
             "lr", "lr_schedule.png", "Learning rate (left) and training loss (right) at every optimiser step "
-                                     "(steps.jsonl), against the epoch"), max_lr=cfg.effective_max_lr)
+                                     "(steps.jsonl), against the epoch"), max_lr=cfg.effective_max_lr,
+            max_lr_source="--max-lr" if cfg.max_lr is not None else cfg.max_lr_rule())
     elif any(r.get("lr") is not None for r in metrics):
         figures.plot_lr_schedule([], page.fig("lr", "lr_schedule.png",
                                               "Learning rate at the last step of each epoch (this run predates the "
@@ -466,7 +468,8 @@ def _calibration_figure(page: _Page) -> list[dict[str, Any]]:
         "calibration", "calibration.png",
         "Reliability diagram of the test predictions: accuracy against confidence in 15 bins"
         + (", plain (left) and mirror-averaged (right)" if len(variants) == 2 else "")
-        + "; below, the share of test images in each bin"))
+        + f"; below, the number of test images in each bin. Bins with fewer than {figures.MIN_BIN_COUNT} "
+          f"images are grey and get no gap bar: their accuracy rests on too few images to read a gap from"))
     return [{"label": v["label"], "ece": _pct(v["ece"]), "accuracy": _pct(v["accuracy"]),
              "mean_conf": _pct(v["mean_conf"]), "reported": v["reported"]} for v in variants]
 
@@ -626,7 +629,7 @@ def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None
         ("Training throughput", f"{float(rate):,.0f} images/s" if isinstance(rate, (int, float)) else "–"),
         ("Hardware", str(s["device"])),
         ("World size (processes)", str(s["world_size"])),
-        ("Mixed precision", str(s["mixed_precision"])),
+        ("Precision", precision_name(str(s["mixed_precision"]))),
         ("Parameters", f"{int(s['num_params']):,}"),
         ("Weights in this report", run.weights.name),
         ("Test images", f"{len(run.predictions['labels']):,}"),
@@ -636,8 +639,8 @@ def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None
         c = search["counts"]
         at = next(i for i, (k, _) in enumerate(rows) if k == "Training throughput")
         rows[at:at] = [("Search wall time (all trials)", _duration(search.get("wall_seconds"))),
-                     ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} ran every epoch, {c['STOPPED']} stopped "
-                                f"early by ASHA, {c['ERROR']} failed")]
+                     ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} completed (every epoch), {c['STOPPED']} "
+                                f"stopped early by ASHA, {c['ERROR']} failed")]
     return rows
 
 
@@ -660,6 +663,16 @@ def _refit_rows(search: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [("Refit test accuracy", f"{_pct(refit.get('test_acc'))} (the best configuration trained again on all "
                                     f"{refit.get('train_images', 0):,} training images for {refit.get('epochs')} "
                                     f"epochs, in {Path(refit['run_dir']).name}/{both})")]
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as the page shows it: relative to the working directory when under it (as a user types
+    it, and as a run's own report shows it), else absolute. The search passes absolute paths."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def _fmt_floats(values: Any) -> str:

@@ -266,7 +266,7 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
     previous_wall = saved.get("wall_seconds") or 0.0
     lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
-    print(f"search {search_dir.name}: {'resuming, ' if search.resume else ''}{search.num_samples} trials of up to "
+    print(f"search {search.name}: {'resuming, ' if search.resume else ''}{search.num_samples} trials of up to "
           f"{base_cfg.epochs} epochs, global batch {base_cfg.batch_size}"
           f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
           f"{rundir.TRAIN_LOG}", flush=True)
