@@ -561,10 +561,10 @@ def _unit_position(values: np.ndarray, spec: Any, scale: str) -> tuple[np.ndarra
 @_plain_text
 def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: Path,
                   space: dict[str, Any] | None = None, best: str | None = None,
-                  labels: dict[str, str] | None = None) -> Path:
+                  names: dict[str, str] | None = None) -> Path:
     """Parallel coordinates: one vertical axis per sampled hyperparameter (scaled as the search space
     draws it, spanning its range and every value), one line per trial coloured by its best validation
-    accuracy; trials without a validation result grey and dashed, the best trial thick. `labels`
+    accuracy; trials without a validation result grey and dashed, the best trial thick. `names`
     name the axes (their first line is used: the columns are narrow)."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -608,10 +608,8 @@ def plot_parallel(rows: Sequence[dict[str, Any]], params: Sequence[str], metric:
         for y, text in ticks:
             ax.text(j + 0.04, y, text, fontsize=7.5, va="center", ha="left", color="0.25",
                     bbox=dict(boxstyle="round,pad=0.1", facecolor="white", alpha=0.7, lw=0))
-    labels = labels or {}
-
     def name(p: str) -> str:
-        first = (labels.get(p) or "").split("\n")[0]
+        first = ((names or {}).get(p) or "").split("\n")[0]
         if first:  # "max_lr (loguniform), as trained at batch 50:" -> three short lines
             return first.rstrip(":").replace(" (", "\n(").replace(", ", "\n")
         return f"{p}\n({space[p]['type']})" if isinstance(space.get(p), dict) else p

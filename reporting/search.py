@@ -219,7 +219,7 @@ def search_figures(search: dict[str, Any], fig) -> None:
             "parallel", "search_parallel.png",
             f"Parallel coordinates: each line is a trial, through its sampled value of "
             f"{', '.join(search['params'])}, coloured by its best validation accuracy{note}"),
-            space=search["plot_space"], best=search["best"], labels=search["labels"])
+            space=search["plot_space"], best=search["best"], names=search["labels"])
         figures.plot_hparams(search["rows"], search["params"], METRIC, fig(
             "hparams", "hparams.png",
             f"Best validation accuracy of each trial against each searched hyperparameter "

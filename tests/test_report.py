@@ -333,7 +333,7 @@ def test_search_report_has_trials_table_and_plots(search_report):
     assert set(SEARCH_FIGURES) <= srcs
     html = search_report.read_text()
     assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "TERMINATED" in html and "STOPPED" in html and "NonFiniteLossError" in html
+    assert "completed" in html and "stopped early" in html and "NonFiniteLossError" in html
     assert html.count('class="best"') == 1                  # the best trial's row is marked
     assert set(SECTIONS) <= page.ids                          # the best trial's full report too
 

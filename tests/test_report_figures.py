@@ -197,7 +197,7 @@ def test_search_header_names_the_search_once(tmp_path, fake_cifar, monkeypatch, 
 # ----------------------------------------------------------------------------- a run and a search, built
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path, str]:
-    """One real epoch at batch 25 without --max-lr (the batch rule), fp32; with the lines it printed."""
+    """One real epoch at batch 10 without --max-lr (the batch rule), fp32; with the lines it printed."""
     import contextlib
     import io
 
@@ -206,7 +206,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path, str]:
     data = make_fake_cifar(tmp_path_factory.mktemp("data"), n_train=50, n_test=30)
     runs = tmp_path_factory.mktemp("runs")
     cfg = TrainConfig(name="tiny", data_dir=str(data), runs_dir=str(runs), download=False, val_size=10, epochs=1,
-                      batch_size=25, eval_batch_size=64, num_workers=0, mixed_precision="no")
+                      batch_size=10, eval_batch_size=64, num_workers=0, mixed_precision="no")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         fit(cfg, runs / "tiny", progress=False)
@@ -216,7 +216,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path, str]:
 def test_run_header_says_fp32(tiny_run):
     header = next(ln for ln in tiny_run[2].splitlines() if "precision" in ln)
     assert "fp32 precision" in header and "no precision" not in header, header
-    assert "max_lr 0.01953 (0.4 x batch 25/512)" in header
+    assert "max_lr 0.007812 (0.4 x batch 10/512)" in header
 
 
 @pytest.fixture(scope="module")
@@ -250,15 +250,15 @@ def test_search_report_header_shows_paths_as_the_run_report_does(built):
 
 def test_lr_legend_says_the_batch_rule_rounded_as_the_header(built):
     legend = [t.get_text() for t in built[1]["lr_schedule.png"].axes[0].get_legend().get_texts()]
-    assert "max_lr 0.01953 (0.4 x batch 25/512)" in legend, legend
+    assert "max_lr 0.007812 (0.4 x batch 10/512)" in legend, legend
     assert not any("--max-lr" in t for t in legend)
 
 
 def test_comparison_table_shows_the_default_rate_and_its_rule(built):
     row = re.search(r'<th scope="row">max_lr</th><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>', built[0])
     assert row, built[0][-3000:]
-    assert row.groups()[:2] == ("0.4 (batch rule: 0.4 x batch 512/512); 0.01953 at batch 25",
-                                "0.01953 (batch rule: 0.4 x batch 25/512)")
+    assert row.groups()[:2] == ("0.4 (batch rule: 0.4 x batch 512/512); 0.007812 at batch 10",
+                                "0.007812 (batch rule: 0.4 x batch 10/512)")
     assert ">None<" not in built[0]
 
 
