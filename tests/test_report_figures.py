@@ -172,7 +172,7 @@ def test_reliability_diagram_counts_bins_and_draws_no_gap_for_near_empty_ones(tm
 
 
 def test_search_header_names_the_search_once(tmp_path, fake_cifar, monkeypatch, capsys):
-    """`search s50: ...`, not `search search-s50: ...`."""
+    """`search s50: ...`, not `search search-s50: ...`, at the start and in the closing line."""
     from tuning import runner
     from tuning.config import SearchConfig
 
@@ -189,6 +189,9 @@ def test_search_header_names_the_search_once(tmp_path, fake_cifar, monkeypatch, 
     out = capsys.readouterr().out
     assert out.startswith("search s50: 4 trials"), out
     assert "search search-" not in out and "max_lr 0.00488-0.0977 (0.05-1 at batch 512, x 50/512)" in out
+    line = runner.summary_line({"search_dir": str(tmp_path / "search-s50"), "trials": 4, "wall_seconds": 437,
+                                "completed": 2, "stopped": 2, "failed": 0, "best_trial": None})
+    assert line.startswith("search s50: 4 trials in 437 s | 2 completed, 2 stopped early, 0 failed"), line
 
 
 # ----------------------------------------------------------------------------- a run and a search, built

@@ -403,7 +403,7 @@ def summary_line(s: dict[str, Any]) -> str:
     disk = f" | {s['disk_bytes'] / 1e6:,.0f} MB on disk" if s.get("disk_bytes") is not None else ""
     left = s["trials"] - s["completed"] - s["stopped"] - s["failed"]
     unfinished = f", {left} not finished" if left else ""
-    return (f"search {Path(s['search_dir']).name}: {s['trials']} trials in {s['wall_seconds']:.0f} s | "
+    return (f"search {Path(s['search_dir']).name.removeprefix('search-')}: {s['trials']} trials in {s['wall_seconds']:.0f} s | "
             f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed{unfinished} | "
             f"{best}{disk}")
 
