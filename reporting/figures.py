@@ -523,8 +523,8 @@ def plot_search_curves(trials: Sequence[dict[str, Any]], path: Path, best: str |
             ax.plot([x[-1]], [y[-1]], "x", color=colour, ms=8, mew=2)
     handles = [Line2D([], [], color="black", lw=2.4, label=f"best trial {best}")] if best else []
     present = {t["status"] for t in trials if len(t["epochs"]) and t["trial_id"] != best}
-    handles += [Line2D([], [], color=c, lw=1.2, label={"TERMINATED": "ran every epoch",
-                                                      "STOPPED": "stopped by ASHA (x)",
+    handles += [Line2D([], [], color=c, lw=1.2, label={"TERMINATED": "completed (every epoch)",
+                                                      "STOPPED": "stopped early by ASHA (x)",
                                                       "ERROR": "failed"}[s])
                 for s, c in _STATUS_COLOURS.items() if s in present]
     ax.legend(handles=handles, fontsize=8, loc="best")

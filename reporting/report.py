@@ -363,7 +363,7 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
     stats = classification_stats(run.predictions["logits"], labels, len(classes))
     page = _Page(run, data, stats, out, np.asarray(run.summary["mean"], dtype=np.float32),
                  np.asarray(run.summary["std"], dtype=np.float32))
-    _curve_figures(page)
+    _curve_figures(page, lr_sampled=bool(search and "max_lr" in search["params"]))
     calibration = _calibration_figure(page)
     _data_figures(page)
     wrong, right = _example_figures(page, n_examples, seed)
@@ -413,7 +413,9 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
     }
 
 
-def _curve_figures(page: _Page) -> None:
+def _curve_figures(page: _Page, lr_sampled: bool = False) -> None:
+    """Loss and accuracy per epoch, the learning rate per step, the LR range test. `lr_sampled`: the
+    run is a search's trial whose max_lr the search drew (not a --max-lr flag)."""
     from reporting import figures
 
     run = page.run
@@ -435,7 +437,8 @@ def _curve_figures(page: _Page) -> None:
         figures.plot_lr_schedule(run.steps, page.fig(
             "lr", "lr_schedule.png", "Learning rate (left) and training loss (right) at every optimiser step "
                                      "(steps.jsonl), against the epoch"), max_lr=cfg.effective_max_lr,
-            max_lr_source="--max-lr" if cfg.max_lr is not None else cfg.max_lr_rule())
+            max_lr_source=cfg.max_lr_rule() if cfg.max_lr is None else
+            "sampled by the search" if lr_sampled else "--max-lr")
     elif any(r.get("lr") is not None for r in metrics):
         figures.plot_lr_schedule([], page.fig("lr", "lr_schedule.png",
                                               "Learning rate at the last step of each epoch (this run predates the "

@@ -103,7 +103,8 @@ def search_context(path: Path) -> dict[str, Any]:
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("TERMINATED", "STOPPED", "ERROR")}
     name = str(settings.get("name") or path.name)
     return {"name": name, "folder": path.name, "path": str(path), "columns": columns,
-            "headers": [HEADERS.get(c, c) for c in columns], "rows": rows, "table": table,
+            "headers": [HEADERS.get(c, c) + (f" at batch {batch}" if c in LR_FIELDS and "\n" in labels.get(c, "")
+                                            else "") for c in columns], "rows": rows, "table": table,
             "metric": METRIC, "params": params, "space": space, "plot_space": plot_space, "labels": labels,
             "batch": batch, "settings": _flatten(settings), "best": best,
             "wall_seconds": settings.get("wall_seconds"), "status": settings.get("status"),

@@ -92,6 +92,7 @@ def test_search_figures_draw_every_trial_where_its_value_is(tmp_path, drawn):
 
     search = search_context(_write_batch50_search(tmp_path / "search-s50"))
     search_figures(search, lambda key, name, alt: tmp_path / name)
+    assert "max_lr at batch 50" in search["headers"]        # the trials table says which rates it lists
 
     hparams = drawn["hparams.png"]
     axes = [ax for ax in hparams.axes if ax.get_visible() and ax.axison]
