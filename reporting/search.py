@@ -98,14 +98,15 @@ def search_context(path: Path) -> dict[str, Any]:
         table.append({"cells": [{"text": t, "num": n} for t, n in cells], "best": r.get("trial_id") == best})
     # Constants in the space fix a field for every trial: nothing to plot against.
     params = [c for c in columns if isinstance(space.get(c), dict)]
-    labels = {p: axis_label(p, space.get(p), plot_space.get(p), batch if isinstance(trained, dict) else None)
-              for p in params}
+    # learning rates drawn (and listed) as trained at a batch other than 512
+    scaled = [p for p in params if p in LR_FIELDS and isinstance(trained, dict) and batch not in (None, REFERENCE_BATCH)]
+    labels = {p: axis_label(p, space.get(p), plot_space.get(p), batch if p in scaled else None) for p in params}
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("TERMINATED", "STOPPED", "ERROR")}
     name = str(settings.get("name") or path.name)
     return {"name": name, "folder": path.name, "path": str(path), "columns": columns,
-            "headers": [HEADERS.get(c, c) + (f" at batch {batch}" if c in LR_FIELDS and "\n" in labels.get(c, "")
-                                            else "") for c in columns], "rows": rows, "table": table,
-            "metric": METRIC, "params": params, "space": space, "plot_space": plot_space, "labels": labels,
+            "headers": [HEADERS.get(c, c) + (f" at batch {batch}" if c in scaled else "") for c in columns],
+            "rows": rows, "table": table, "metric": METRIC, "params": params, "space": space,
+            "plot_space": plot_space, "labels": labels, "scaled": scaled,
             "batch": batch, "settings": _flatten(settings), "best": best,
             "wall_seconds": settings.get("wall_seconds"), "status": settings.get("status"),
             "started": settings.get("started"), "counts": counts,
@@ -115,10 +116,11 @@ def search_context(path: Path) -> dict[str, Any]:
 
 def axis_label(param: str, spec: Any, trained_spec: Any, batch: int | None) -> str:
     """The name of a hyperparameter's axis: the field, how the space draws it, and for a learning rate
-    at a batch other than 512 that the values are the rates trained with (the space's range scaled)."""
+    at a batch other than 512 (`batch`, else None) that the values are the rates trained with (the
+    space's range scaled)."""
     kind = spec.get("type") if isinstance(spec, dict) else None
     label = f"{param} ({kind})" if kind else param
-    if param not in LR_FIELDS or batch is None or batch == REFERENCE_BATCH or not isinstance(spec, dict):
+    if batch is None or not isinstance(spec, dict):
         return label
     return f"{label}, as trained at batch {batch}:\n{_span(trained_spec)} = {_span(spec)} at {REFERENCE_BATCH} x {batch}/{REFERENCE_BATCH}"
 
@@ -213,7 +215,7 @@ def search_figures(search: dict[str, Any], fig) -> None:
             f"Validation accuracy against epoch for each of the {len(search['curves'])} trials; trials that "
             f"ASHA stopped early end early (x), the best trial is the thick black line"), best=search["best"])
     if search["params"] and search["rows"]:
-        scaled = [p for p in search["params"] if "\n" in search["labels"].get(p, "")]
+        scaled = search["scaled"]
         note = (f"; {', '.join(scaled)} as trained at batch {search['batch']} (the space's range at batch "
                 f"{REFERENCE_BATCH} scaled by {search['batch']}/{REFERENCE_BATCH})" if scaled else "")
         figures.plot_parallel(search["rows"], search["params"], METRIC, fig(
