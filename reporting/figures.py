@@ -459,7 +459,8 @@ def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
 
     The x axis follows the search space: log for log-uniform draws, linear for uniform ones,
     symlog (0 beside a log range) for "off or log-uniform", categories for choices and text. It spans
-    the space's range and every value in `rows`, so each trial is drawn. `space` is the space the
+    the space's range and every value in `rows`, so each trial is drawn; one without a result (failed)
+    as a red x below the others (the caption says so: a legend would hide points). `space` is the space the
     values were drawn from (for learning rates: scaled to the search's batch); `labels` names axes.
     """
     space, labels = space or {}, labels or {}
@@ -483,9 +484,12 @@ def plot_hparams(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
             ax.tick_params(axis="x", labelsize=8)
         ax.scatter(xs[scored], y[scored], s=25, alpha=0.8, label="trial")
         if not scored.all():  # a failed trial has no accuracy: an x at the bottom, so it is still drawn
+            if scored.any():  # room below the lowest accuracy, so the x is not read as one
+                lo, hi = float(y[scored].min()), float(y[scored].max())
+                span = max(hi - lo, 1.0)
+                ax.set_ylim(lo - 0.3 * span, hi + 0.08 * span)
             ax.scatter(xs[~scored], np.full(int((~scored).sum()), 0.03), marker="x", color="tab:red", s=30,
                        transform=ax.get_xaxis_transform(), label="no validation result")
-            ax.legend(fontsize=7, loc="upper right", handles=ax.collections[-1:])
         kind = space[p].get("type") if isinstance(space.get(p), dict) else None
         ax.set_xlabel(labels.get(p) or (f"{p} ({kind})" if kind else p), fontsize=9)
         ax.set_ylabel("best val accuracy (%)")

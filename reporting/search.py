@@ -216,6 +216,7 @@ def search_figures(search: dict[str, Any], fig) -> None:
             f"ASHA stopped early end early (x), the best trial is the thick black line"), best=search["best"])
     if search["params"] and search["rows"]:
         scaled = search["scaled"]
+        unscored = sum(not _NUMBER.fullmatch(str(r.get(METRIC) or "").strip()) for r in search["rows"])
         note = (f"; {', '.join(scaled)} as trained at batch {search['batch']} (the space's range at batch "
                 f"{REFERENCE_BATCH} scaled by {search['batch']}/{REFERENCE_BATCH})" if scaled else "")
         figures.plot_parallel(search["rows"], search["params"], METRIC, fig(
@@ -226,5 +227,7 @@ def search_figures(search: dict[str, Any], fig) -> None:
         figures.plot_hparams(search["rows"], search["params"], METRIC, fig(
             "hparams", "hparams.png",
             f"Best validation accuracy of each trial against each searched hyperparameter "
-            f"({', '.join(search['params'])}), each axis scaled as the search space draws it{note}"),
+            f"({', '.join(search['params'])}), each axis scaled as the search space draws it{note}"
+            + (f"; the {unscored} trial{'s' if unscored != 1 else ''} without a validation result (failed) "
+               f"{'are' if unscored != 1 else 'is'} the red x at the bottom of each panel" if unscored else "")),
             space=search["plot_space"], labels=search["labels"])

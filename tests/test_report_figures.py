@@ -91,7 +91,16 @@ def test_search_figures_draw_every_trial_where_its_value_is(tmp_path, drawn):
     from reporting.search import search_context, search_figures
 
     search = search_context(_write_batch50_search(tmp_path / "search-s50"))
-    search_figures(search, lambda key, name, alt: tmp_path / name)
+    alts: dict[str, str] = {}
+
+    def fig(key: str, name: str, alt: str) -> Path:
+        alts[name] = alt
+        return tmp_path / name
+
+    search_figures(search, fig)
+    assert "the 1 trial without a validation result (failed) is the red x at the bottom" in alts["hparams.png"]
+    assert "max_lr as trained at batch 50 (the space's range at batch 512 scaled by 50/512)" in alts[
+        "search_parallel.png"]
     assert "max_lr at batch 50" in search["headers"]        # the trials table says which rates it lists
 
     hparams = drawn["hparams.png"]
