@@ -215,11 +215,13 @@ def check_target(out: Path, name: str, new: dict[str, Any]) -> None:
     if name == PAGE:
         raise LayoutError(f"a run named {name} cannot have its report folder beside {out / PAGE}; "
                           f"copy the run to another name")
-    for folder in (out, *out.resolve().parents):
+    if (out / ENTRY).is_file():
+        raise LayoutError(f"{out} is the folder of one report (it holds {ENTRY}), not a folder of reports: "
+                          f"pass a folder of reports as {flag}, e.g. {out.parent}")
+    for folder in out.resolve().parents:
         if (folder / ENTRY).is_file():
-            raise LayoutError(f"{out} is {'' if folder == out else 'inside '}the report folder {folder}, "
-                              f"which holds one report only: pass a folder of reports as {flag} "
-                              f"(e.g. {folder.parent})")
+            raise LayoutError(f"{out} is inside the folder of one report, {folder} (it holds {ENTRY}), which a "
+                              f"rebuild replaces whole: pass a folder of reports as {flag}, e.g. {folder.parent}")
     target = out / name
     if not target.exists() and not target.is_symlink():
         return

@@ -277,10 +277,10 @@ def test_a_rebuild_never_deletes_another_report(case, tree, runs, data_dir, tmp_
         expected = "is not a report (it holds notes.txt"
     elif case == "out is a report folder":
         out = reports / "b"
-        expected = "is the report folder"
+        expected = "is the folder of one report"
     else:
         out = reports / "b" / "sub"
-        expected = "is inside the report folder"
+        expected = "is inside the folder of one report"
     before = _snapshot(reports)
     assert main([str(run), "--out", str(out), "--data-dir", str(data_dir), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
