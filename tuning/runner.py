@@ -262,7 +262,13 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     elif search_dir.exists() and any(search_dir.iterdir()):
         raise ConfigError(f"{search_dir} already holds a search; pass --resume to continue it, "
                           f"or choose another --name")
-    search_dir.mkdir(parents=True, exist_ok=True)
+    # Before Ray starts: a runs folder that cannot be written, or a disk without room for one trial's
+    # checkpoint and weights (as a run checks), is said in one line here, not by every trial.
+    from distributed.model import count_parameters, resnet18
+
+    rundir.check_writable(search_dir, 16 * count_parameters(resnet18()))
+    with rundir.writing(search_dir):
+        search_dir.mkdir(parents=True, exist_ok=True)
     saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
     previous_wall = saved.get("wall_seconds") or 0.0
     lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
