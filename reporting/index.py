@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from distributed import config
+
 ENTRY = "report.json"
 PAGE = "index.html"
 TEMPLATE = "reports_index.html.j2"
@@ -148,7 +150,7 @@ def precision_name(mixed_precision: Any) -> str:
     """Accelerate's mixed_precision setting as a reader names it ("no" is plain fp32)."""
     if not isinstance(mixed_precision, str) or not mixed_precision:
         return MISSING
-    return "fp32" if mixed_precision == "no" else mixed_precision
+    return config.precision_name(mixed_precision)
 
 
 def _cells(e: dict[str, Any]) -> dict[str, dict[str, str]]:
