@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import shlex
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,7 @@ def train(argv: list[str] | None = None) -> int:
     """`cifar-train`: parse flags, [LR range test], `fit`, report. Returns the exit code."""
     from distributed.config import ConfigError, config_from_args
 
+    _parent_argv()  # how this process was started, while its launcher is there to ask (printed commands)
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
@@ -155,8 +158,10 @@ def train(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept, then = _kept(cfg, run_dir)
-        print(f"interrupted; {kept}; {then}", file=sys.stderr)
+        if main_process:  # Ctrl-C reaches every rank; one line says it
+            kept, then = _kept(cfg, run_dir)
+            _outlive_the_launcher()
+            print(f"interrupted; {kept}; {then}", file=sys.stderr, flush=True)
         return 130
     except Preempted as e:
         if main_process:
@@ -256,8 +261,10 @@ def _program(path: str | Path, interpreter: bool = False) -> str:
     return shlex.quote(shown if os.sep in shown else os.path.join(".", shown))
 
 
+@functools.cache
 def _parent_argv() -> tuple[list[str], str] | None:
-    """The parent process's argv and working directory (Linux /proc), or None where unreadable."""
+    """The parent process's argv and working directory (Linux /proc), or None where unreadable.
+    Read once, when the command starts: on Ctrl-C `accelerate launch` may exit before this process."""
     ppid = os.getppid()
     try:
         raw = Path(f"/proc/{ppid}/cmdline").read_bytes()
@@ -288,6 +295,23 @@ def _launcher_prefix(script: str) -> list[str] | None:
     if not any("accelerate" in a for a in front) and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
         shown.insert(0, "ACCELERATE_USE_CPU=true")  # torchrun over CPUs: train.py refuses the launch without it
     return shown
+
+
+def _outlive_the_launcher(within: float = 3.0) -> None:
+    """On Ctrl-C, wait (at most `within` seconds) until `accelerate launch` has exited when it is
+    this process's launcher. Its one-process launcher gets the terminal's SIGINT too, waits 0.25 s
+    for us, then prints a ~20-line KeyboardInterrupt traceback: printed after it, the line saying
+    how to continue stays the last one on the screen instead of being buried."""
+    ppid = os.getppid()
+    parent = _parent_argv()
+    if (parent is None or "WORLD_SIZE" in os.environ or not sys.argv
+            or not any(os.path.basename(a).startswith("accelerate") or a.startswith("accelerate.")
+                       for a in (_launcher_prefix(sys.argv[0]) or []))):
+        return
+    deadline = time.monotonic() + within
+    while os.getppid() == ppid and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.05)  # its traceback is written before it exits; let the terminal show it first
 
 
 def _runs_with(script: str, interpreter: str) -> bool:
@@ -351,6 +375,7 @@ def search(argv: list[str] | None = None) -> int:
     from distributed.config import ConfigError, config_from_args, given_fields
     from tuning.config import SearchConfig
 
+    _parent_argv()
     args = search_parser().parse_args(argv)
     settings = None
     try:
