@@ -76,6 +76,21 @@ def _cli_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) 
     return options
 
 
+def _check_report_dir(options: dict[str, Any]) -> None:
+    """A report folder that cannot be written is said before training, not after it: the report is
+    built at the end, and a run of hours should not end on "report failed". Raises ConfigError."""
+    if not options["report"]:
+        return
+    from distributed.config import ConfigError
+    from distributed.rundir import WriteError, check_writable
+
+    try:
+        check_writable(Path(options["report_dir"]), 0)
+    except WriteError as e:
+        raise ConfigError(f"{e} (the report is built there at the end); make that folder writable, or choose "
+                          f"another --report-dir, or pass --no-report") from None
+
+
 def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
     """After a finished run or search: build its report unless --no-report. A report that fails
     never hides the finished run: one line says how to rebuild it, and the exit code is 1."""
@@ -134,6 +149,7 @@ def train(argv: list[str] | None = None) -> int:
                 args.config = run_dir / "config.json"
                 cfg = config_from_args(args)
         options = _cli_options(args, saved_cli)
+        _check_report_dir(options)
         from distributed.data import DataError
         from distributed.engine import Preempted, fit, stop_on_signals
         from distributed.lr_finder import find_lr
@@ -380,7 +396,7 @@ def search(argv: list[str] | None = None) -> int:
     settings = None
     try:
         from distributed.data import DataError
-        from distributed.rundir import SEARCH_JSON, read_json
+        from distributed.rundir import SEARCH_JSON, WriteError, read_json
         from tuning.runner import load_saved_search, run_search, search_dir_for
         from tuning.space import load_space_file
 
@@ -403,10 +419,22 @@ def search(argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved},
                                            **{k: saved[k] for k in remembered if k in saved and k not in given})
             saved_cli = read_json(search_dir / SEARCH_JSON).get("cli") or {}
-        summary = run_search(base_cfg, settings, cli_options=_cli_options(args, saved_cli))
+        options = _cli_options(args, saved_cli)
+        _check_report_dir(options)
+        summary = run_search(base_cfg, settings, cli_options=options)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:  # the runs folder's disk: full, read-only, not ours
+        from distributed.failures import explain
+
+        search_dir = search_dir_for(base_cfg, settings.name)
+        started = (search_dir / SEARCH_JSON).exists()
+        then = (f"the trials ended so far are kept; {explain(e, base_cfg).fix}, then continue with: "
+                f"{_search_resume_command(base_cfg, settings)}" if started
+                else f"nothing was started; {explain(e, base_cfg).fix}")
+        print(f"error: {e}; {then}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if settings is not None:
             print(f"interrupted; continue with: {_search_resume_command(base_cfg, settings)}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Static HTML report of a training run or a search: `build_report(run_dir) -> reports/index.html`.
+"""Static HTML report of a training run or a search: `build_report(run_dir)` -> `reports/<name>/`.
 
 Reads only the run directory contract (`distributed/rundir.py`), the test images of the data
 set the run used, and the saved weights; GradCAM runs on the few images shown, so a report
@@ -6,7 +6,7 @@ builds in seconds on a CPU.  The page is self-contained: inline CSS, PNGs beside
 scripts and no network requests, so it opens from file://.
 
 Every report keeps its own folder, `reports/<run-or-search-name>/`; `reports/index.html` is the
-report just built again, with the list of every report in the folder (reporting/index.py).
+index of every report below it, a sortable comparison table (reporting/index.py has the layout).
 """
 from __future__ import annotations
 
@@ -301,13 +301,14 @@ class _Page:
 
 def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_dir: str | Path | None = None,
                  device: str | None = None, n_examples: int = 25, n_cam: int = 6, seed: int = 0) -> Path:
-    """Write the report of a run or search directory into `out_dir/<its name>/`, then
-    `out_dir/index.html`: the same report, with every report under `out_dir` listed. Returns that page.
+    """Write the report of a run or search directory into `out_dir/<its name>/`, then the index
+    `out_dir/index.html` (and the index pages above it: reporting/index.py). Returns that index page.
 
     `data_dir` overrides the data folder named in the run's config; `device` defaults to CUDA
     when available.  `n_examples` images per example grid, GradCAM on the first `n_cam` of
-    them.  Raises ReportError for unusable input, before anything is written; a report that
-    fails half-way leaves the previous report of the same name in place.
+    them.  Raises ReportError for unusable input or a folder it must not replace (another run's
+    report, a folder of reports), before anything is written; a report that fails half-way leaves
+    the previous report of the same name in place.
     """
     import torch
 
@@ -329,9 +330,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
 
     out = Path(out_dir)
     name = run_dir.resolve().name
-    if name == reports_index.PAGE:
-        raise ReportError(f"a run named {name} cannot have its report folder beside {out / reports_index.PAGE}; "
-                          f"copy the run to another name")
+    created = search["started"] if search else run.meta.get("created")
+    kind = "search" if search else "run"
+    # Where it goes is checked before anything is written: a rebuild replaces only this run's own report.
+    try:
+        reports_index.check_target(out, name, {"kind": kind, "created": created,
+                                               "source": str(run_dir.resolve())})
+    except reports_index.LayoutError as e:
+        raise ReportError(str(e)) from None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -340,19 +346,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
     with rundir.atomic_path(out / name) as folder:
         folder.mkdir()
         context = _report_context(run, search, data, model, folder, n_examples, n_cam, seed)
-        created = search["started"] if search else run.meta.get("created")
-        title = context["title"]
         rundir.write_json(folder / reports_index.ENTRY, reports_index.entry(
-            "search" if search else "run", title, created, run.summary, context["warnings"]))
-        # The report's own page links up to the list, which is kept current on the index page only.
-        (folder / reports_index.PAGE).write_text(_render({**context, "base": "", "home": "../"}), encoding="utf-8")
-    # Listed after the rename, so the list includes this report.
-    listed = reports_index.list_reports(out, current=name)
-    page = out / reports_index.PAGE
-    with rundir.atomic_path(page) as tmp:
-        tmp.write_text(_render({**context, "base": reports_index.folder_href(name) + "/", "home": "",
-                                "reports": listed, "on_index": True}), encoding="utf-8")
-    return page
+            kind, context["title"], created, run.summary, context["warnings"], source=run_dir,
+            wall_seconds=search.get("wall_seconds") if search else None))
+        (folder / reports_index.PAGE).write_text(_render({**context, "home": "../"}), encoding="utf-8")
+    # After the rename, so that the index lists this report.
+    return reports_index.write_indexes(out, out / name)
 
 
 def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: Path, n_examples: int, n_cam: int,
@@ -408,7 +407,6 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
         "search": search,
         "compare": config_comparison(run.config, search["params"]) if search else [],
         "n_examples": n_examples,
-        "reports": [], "on_index": False,
     }
 
 

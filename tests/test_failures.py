@@ -171,6 +171,37 @@ def test_a_disk_that_turns_read_only_mid_run_ends_with_one_line(fake_cifar, smal
     assert rundir.checkpoint_dirs(run)
 
 
+def test_a_search_on_a_read_only_runs_folder_is_refused_before_ray_starts(fake_cifar, small_disk):
+    if small_disk is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    _remount(small_disk, "ro")
+    r = _run([sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "ro", "--runs-dir", small_disk / "runs",
+              "--data-dir", fake_cifar, "--num-samples", "1", "--epochs", "1", "--grace-period", "1", *FLAGS])
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert _error_lines(r.stderr)[-1] == (
+        f"error: cannot write {small_disk}/runs/search-ro: read-only file system; nothing was started; make that "
+        f"folder writable (or choose another --runs-dir)")
+    assert "Traceback" not in r.stderr and "ray" not in r.stdout.lower()  # refused before Ray started
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_an_unwritable_report_folder_is_refused_before_training(fake_cifar, tmp_path, small_disk, command):
+    """The report is built at the end: a report folder it cannot write is said at the start, not after
+    the run (before, the run trained and then ended on "report failed")."""
+    if small_disk is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    _remount(small_disk, "ro")
+    script = TRAIN if command == "train" else str(ROOT / "tuning" / "search.py")
+    flags = [f for f in FLAGS if f != "--no-report"]
+    r = _run([sys.executable, script, "--name", "x", "--runs-dir", tmp_path / "runs", "--data-dir", fake_cifar,
+              *flags, "--epochs", "1", "--report-dir", small_disk / "reports"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [
+        f"error: cannot write {small_disk}/reports: read-only file system (the report is built there at the end); "
+        f"make that folder writable, or choose another --report-dir, or pass --no-report"]
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
 def test_too_little_free_space_is_refused_before_training(fake_cifar, tmp_path):
     mnt = tmp_path / "tiny"
     if not _mount_tmpfs(mnt, "size=50m"):

@@ -70,22 +70,31 @@ def run_dir(tmp_path_factory, data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def report(run_dir, data_dir, tmp_path_factory) -> Path:
-    """reports/index.html of the run (its own folder is reports/<run name>/)."""
+    """reports/<run name>/index.html, the run's report (reports/index.html is the index of the folder)."""
     out = tmp_path_factory.mktemp("report")
-    return build_report(run_dir, out, data_dir=data_dir, device="cpu", n_cam=2)
+    index = build_report(run_dir, out, data_dir=data_dir, device="cpu", n_cam=2)
+    assert index == out / "index.html"
+    return out / HOSTILE_NAME / "index.html"
 
 
 @pytest.fixture(scope="module")
 def search_report(report, run_dir, data_dir, tmp_path_factory) -> Path:
-    """A search report built into a copy of the run report's folder: the second report of that folder."""
+    """The report of a search built into a copy of the run report's reports folder: its second report."""
     out = tmp_path_factory.mktemp("reports2") / "reports"
-    shutil.copytree(report.parent, out)
+    shutil.copytree(_reports(report), out)
     search = write_search_dir(tmp_path_factory.mktemp("runs2") / "search-demo", run_dir, HOSTILE)
-    return build_report(search, out, data_dir=data_dir, device="cpu", n_cam=1)
+    build_report(search, out, data_dir=data_dir, device="cpu", n_cam=1)
+    return out / "search-demo" / "index.html"
 
 
-def _folder(report: Path, name: str = HOSTILE_NAME) -> Path:
-    return report.parent / name
+def _folder(report: Path) -> Path:
+    """A report's own folder: its PNGs and report.json."""
+    return report.parent
+
+
+def _reports(report: Path) -> Path:
+    """The reports folder a report is in (its index.html lists them all)."""
+    return report.parent.parent
 
 
 class _Page(HTMLParser):
@@ -131,11 +140,10 @@ def _target(page: Path, url: str) -> Path:
 
 # ----------------------------------------------------------------------------- the run report
 def test_every_section_and_figure_present(report, run_dir):
-    for page_path, prefix in ((report, quote(HOSTILE_NAME, safe="") + "/"), (_folder(report) / "index.html", "")):
-        page = _parse(page_path)
-        assert set(SECTIONS) <= page.ids
-        srcs = {src for src, _ in page.imgs}
-        assert {prefix + f for f in FIGURES} <= srcs, f"missing figures: {set(FIGURES) - srcs}"
+    page = _parse(report)
+    assert set(SECTIONS) <= page.ids
+    srcs = {src for src, _ in page.imgs}
+    assert set(FIGURES) <= srcs, f"missing figures: {set(FIGURES) - srcs}"
     html = report.read_text()
     summary = rundir.read_json(run_dir / rundir.SUMMARY)
     assert f"{100 * summary['test_acc']:.2f}%" in html
@@ -149,17 +157,16 @@ def test_every_section_and_figure_present(report, run_dir):
 def test_every_image_exists_is_a_png_and_has_alt_text(report):
     from PIL import Image
 
-    for page_path in (report, _folder(report) / "index.html"):
-        page = _parse(page_path)
-        assert len(page.imgs) >= len(FIGURES)
-        for src, alt in page.imgs:
-            path = _target(page_path, src)
-            assert path.is_file(), src
-            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
-            with Image.open(path) as im:
-                im.load()                                   # decodes every pixel
-                assert im.width > 50 and im.height > 50
-            assert alt and len(alt) > 20 and src not in alt, f"{src}: alt text {alt!r}"
+    page = _parse(report)
+    assert len(page.imgs) >= len(FIGURES)
+    for src, alt in page.imgs:
+        path = _target(report, src)
+        assert path.is_file(), src
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+        with Image.open(path) as im:
+            im.load()                                       # decodes every pixel
+            assert im.width > 50 and im.height > 50
+        assert alt and len(alt) > 20 and src not in alt, f"{src}: alt text {alt!r}"
 
 
 def test_hostile_strings_are_escaped(report):
@@ -168,6 +175,10 @@ def test_hostile_strings_are_escaped(report):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "script" not in _parse(report).tags             # the page needs no JS at all
+    # the index lists the run by its name (escaped) and links it by its %-quoted folder
+    index = (_reports(report) / "index.html").read_text()
+    assert HOSTILE_NAME not in index and "&lt;img src=x onerror=alert(1)&gt;" in index
+    assert f'href="{quote(HOSTILE_NAME, safe="")}/index.html"' in index
 
 
 def test_math_text_in_a_class_name_is_plain_text(report):
@@ -179,7 +190,7 @@ def test_math_text_in_a_class_name_is_plain_text(report):
 
 @pytest.mark.parametrize("which", ["index", "own folder"])
 def test_page_is_self_contained(report, which):
-    page_path = report if which == "index" else _folder(report) / "index.html"
+    page_path = _reports(report) / "index.html" if which == "index" else report
     page = _parse(page_path)
     for url in page.urls:
         assert not re.match(r"^[a-z][a-z0-9+.-]*:|^//", url, re.I), f"non-relative URL {url!r}"
@@ -317,8 +328,8 @@ def test_a_model_at_chance_is_flagged_and_its_empty_gradcam_maps_labelled(run_di
     summary = rundir.read_json(run / rundir.SUMMARY)
     summary.update(test_acc=float((pred["labels"] == 0).mean()), test_loss=float(np.log(10)))
     rundir.write_json(run / rundir.SUMMARY, summary)
-    page = build_report(run, tmp_path / "out", data_dir=data_dir, device="cpu", n_cam=2)
-    html = page.read_text()
+    html = build_report(run, tmp_path / "out", data_dir=data_dir, device="cpu", n_cam=2).parent.joinpath(
+        "chance", "index.html").read_text()
     assert 'id="warnings"' in html and "chance level" in html and "for 100% of the test images" in html
     # 2 correct rows x 4 layers + 2 mistakes x 8 maps + 10 classes x 4 layers, all of them zero
     assert "64 maps on this page are marked “all zero”" in html
@@ -404,19 +415,23 @@ def test_hyperparameter_axes_follow_the_search_space():
 
 # ----------------------------------------------------------------------------- the reports folder
 def test_every_report_keeps_its_folder_and_the_index_lists_them_newest_first(report, search_report, tmp_path):
-    out = search_report.parent
+    out = _reports(search_report)
     run_folder = out / HOSTILE_NAME
     assert (run_folder / "index.html").is_file() and (run_folder / "curves.png").is_file()   # not overwritten
     assert (out / "search-demo" / "index.html").is_file()
-    page = _parse(search_report)                            # the index shows the search, built last
-    assert "reports" in page.ids
-    # the run (created today) is newer than the search (started 2026-11-26 10:00 UTC in search.json)
-    assert page.links == [f"{quote(HOSTILE_NAME, safe='')}/index.html", "search-demo/index.html"]
-    html = search_report.read_text()
-    assert '<tr class="current"><th scope="row"><a href="search-demo/index.html">search-demo</a> (above)' in html
+    page = _parse(out / "index.html")
+    assert "reports" in page.ids and "report-list" in page.ids
+    # the run (created today) is newer than the search (started 2026-11-26 10:00 UTC in search.json);
+    # each row links its report twice (name, folder), then the report built last is linked under the table
+    run_link = f"{quote(HOSTILE_NAME, safe='')}/index.html"
+    assert page.links == [run_link, run_link, "search-demo/index.html", "search-demo/index.html",
+                          "search-demo/index.html"]
+    html = (out / "index.html").read_text()
+    assert re.search(r'<tr class="current">\s*<td class="name" data-v="search-demo"><a href="search-demo/index.html">'
+                     r'search-demo</a>', html)
     # a report's own page leads back to the list
     own = _parse(run_folder / "index.html")
-    assert set(own.links) == {"../index.html#reports"}
+    assert set(own.links) == {"../index.html"}
     # copied elsewhere, every link and image still resolves
     copy = tmp_path / "elsewhere"
     shutil.copytree(out, copy)
@@ -474,7 +489,7 @@ def test_cli_any_failure_is_one_line_exit_2_and_keeps_the_previous_report(report
     from cifar_lab.cli import report as main
 
     out = tmp_path / "reports"
-    shutil.copytree(report.parent, out)
+    shutil.copytree(_reports(report), out)
     before = {p.name: p.read_bytes() for p in (out / HOSTILE_NAME).iterdir()}
 
     def boom(*args, **kwargs):
@@ -530,16 +545,17 @@ def _probe(report: Path, tmp_path: Path, name: str = "probe.html") -> dict:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium (CI installs it)")
 def test_index_and_every_linked_report_in_headless_chromium(search_report, tmp_path):
-    """The index page (the search report, every report listed) and each report it links to load
-    in a browser with every image, and no request leaves the folder."""
-    result = _probe(search_report, tmp_path)
-    assert result["images"] >= len(FIGURES) + len(SEARCH_FIGURES)
+    """The index page (every report listed, the curves of the one built last) and each report it
+    links to load in a browser with every image, and no request leaves the folder."""
+    index = _reports(search_report) / "index.html"
+    result = _probe(index, tmp_path)
+    assert result["images"] == 1                            # the curves of the report built last
     assert result["broken"] == [] and result["blocked"] == [] and result["net_errors"] == [], result
-    links = _parse(search_report).links
+    links = sorted(set(_parse(index).links))
     assert len(links) == 2
     for link in links:
-        linked = _probe(_target(search_report, link), tmp_path)
-        assert linked["images"] >= len(FIGURES)
+        linked = _probe(_target(index, link), tmp_path)
+        assert linked["images"] >= len(FIGURES) + (len(SEARCH_FIGURES) if link.startswith("search-") else 0)
         assert linked["broken"] == [] and linked["blocked"] == [] and linked["net_errors"] == [], (link, linked)
     shot = tmp_path / "page.png"
     r = _chromium("--window-size=1400,4000", f"--screenshot={shot}", search_report.as_uri(),

@@ -262,6 +262,12 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     elif search_dir.exists() and any(search_dir.iterdir()):
         raise ConfigError(f"{search_dir} already holds a search; pass --resume to continue it, "
                           f"or choose another --name")
+    # Before Ray starts: a runs folder that cannot be written, or a disk without room for one trial's
+    # checkpoint and weights (as a run checks), is said in one line here, not by every trial.
+    from distributed.model import count_parameters, resnet18
+
+    rundir.check_writable(search_dir, 16 * count_parameters(resnet18()))
+
     started_ray = init_ray(search)  # before `import ray`: Ray reads some settings when imported
     import ray
     from ray import tune
@@ -271,7 +277,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
             search = replace(search, gpus_per_trial=1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
         # Before the search directory exists: a search that can never start a trial leaves nothing.
         check_resources(search, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
-        search_dir.mkdir(parents=True, exist_ok=True)
+        with rundir.writing(search_dir):
+            search_dir.mkdir(parents=True, exist_ok=True)
         saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
         previous_wall = saved.get("wall_seconds") or 0.0
         lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
