@@ -103,8 +103,9 @@ def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"report failed ({type(e).__name__}: {first}); the run is complete, rebuild it with "
-              f"`{command_prefix('report')} {shlex.quote(str(run_dir))} --out {shlex.quote(str(args.report_dir))}`", file=sys.stderr)
+        rebuild = f"{command_prefix('report')} {shlex.quote(str(run_dir))} --out {shlex.quote(str(args.report_dir))}"
+        print(f"report failed ({type(e).__name__}: {first}); the run is complete, rebuild it with `{rebuild}`",
+              file=sys.stderr)
         return 1
 
 

@@ -117,6 +117,23 @@ def test_console_scripts_are_repeated_by_name(launch, monkeypatch):
     assert cli.command_prefix("report") == "cifar-report"
 
 
+def test_a_failed_report_says_how_to_rebuild_it_with_this_interpreter(launch, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import reporting.report
+    from cifar_lab import cli
+
+    def broken(run_dir, report_dir):
+        raise RuntimeError("disk on fire")
+
+    launch(["-bash"])
+    monkeypatch.setattr(reporting.report, "build_report", broken)
+    assert cli.finish_run("runs/my run", SimpleNamespace(report=True, report_dir="reports")) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"report failed (RuntimeError: disk on fire); the run is complete, rebuild it with "
+        f"`{_as_typed(sys.executable)} reporting/build.py 'runs/my run' --out reports`")
+
+
 def test_the_printed_resume_command_under_accelerate_launch_works_when_pasted(fake_cifar, tmp_path):
     """SIGTERM in epoch 2 of a run under `accelerate launch`: the line names the launcher with its
     flags, and that very line, pasted into a shell without the venv on PATH, finishes the run."""
