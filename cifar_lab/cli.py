@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
 import os
+import shlex
+import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,21 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}{self._suggestion(message)}", file=sys.stderr)
         sys.exit(2)
+
+    def _suggestion(self, message: str) -> str:
+        """` (did you mean --epochs?)` for a mistyped flag: the closest option strings (difflib), if any."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        known = [s for s in self._option_string_actions if s.startswith("--")]
+        hints = []
+        for word in message[len(prefix):].split():
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                hints += [m for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.75) if m not in hints]
+        return f" (did you mean {' or '.join(hints)}?)" if hints else ""
 
 
 # Command-line choices that are not config fields; a run or search keeps them (config.json or
@@ -85,8 +103,9 @@ def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - any failure leaves the finished run intact
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"report failed ({type(e).__name__}: {first}); the run is complete, rebuild it with "
-              f"`python reporting/build.py {run_dir} --out {args.report_dir}`", file=sys.stderr)
+        rebuild = f"{command_prefix('report')} {shlex.quote(str(run_dir))} --out {shlex.quote(str(args.report_dir))}"
+        print(f"report failed ({type(e).__name__}: {first}); the run is complete, rebuild it with `{rebuild}`",
+              file=sys.stderr)
         return 1
 
 
@@ -114,6 +133,7 @@ def train(argv: list[str] | None = None) -> int:
     """`cifar-train`: parse flags, [LR range test], `fit`, report. Returns the exit code."""
     from distributed.config import ConfigError, config_from_args
 
+    _parent_argv()  # how this process was started, while its launcher is there to ask (printed commands)
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
@@ -155,15 +175,16 @@ def train(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept, then = _kept(cfg, run_dir)
-        print(f"interrupted; {kept}; {then}", file=sys.stderr)
+        if main_process:  # Ctrl-C reaches every rank; one line says it
+            kept, then = _kept(cfg, run_dir)
+            _outlive_the_launcher()
+            print(f"interrupted; {kept}; {then}", file=sys.stderr, flush=True)
         return 130
     except Preempted as e:
         if main_process:
             kept = f"newest checkpoint: epoch {e.resume_epoch}" if e.resume_epoch else "no checkpoint yet"
-            launcher = " (under the same launcher)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
             print(f"stopped by {e.signal_name} in epoch {e.epoch}, nothing half-written ({kept}); continue with: "
-                  f"{_resume_command(cfg)}{launcher}", file=sys.stderr, flush=True)
+                  f"{_resume_command(cfg)}", file=sys.stderr, flush=True)
         return 128 + signal.SIGTERM  # 143, what a process killed by SIGTERM returns: schedulers expect it
     except Exception as e:  # noqa: BLE001 - every failure ends the process, saying what is kept
         # The run has failed: torch's SIGCHLD handler reporting a dead loader worker again (it
@@ -216,9 +237,137 @@ def _report_failure(e: Exception, cfg, run_dir: Path, debug: bool) -> None:
 
 
 def _resume_command(cfg) -> str:
-    """The train.py command line that continues `cfg`'s run (the launcher in front stays the same)."""
-    runs = "" if cfg.runs_dir == "runs" else f" --runs-dir {cfg.runs_dir}"
-    return f"python distributed/train.py --name {cfg.name}{runs} --resume"
+    """The command line that continues `cfg`'s run: this process's own launcher or interpreter in
+    front (see `command_prefix`), then the flags that find the run."""
+    runs = "" if cfg.runs_dir == "runs" else f" --runs-dir {shlex.quote(str(cfg.runs_dir))}"
+    resume = f"--name {shlex.quote(cfg.name)}{runs} --resume"
+    prefix = command_prefix("train")
+    if prefix is None:  # a launch of several nodes: no one command restarts it
+        return f"{_shown(_SCRIPTS['train'])} {resume}, under the same launcher on every node"
+    return f"{prefix} {resume}"
+
+
+# ----------------------------------------------------------------------------- printed commands
+# Every command the project prints repeats how this process was started, so that it works when
+# pasted: a bare `python` is not the venv's, and `distributed/train.py` alone is not a command.
+ROOT = Path(__file__).resolve().parent.parent
+_SCRIPTS = {"train": ROOT / "distributed" / "train.py", "search": ROOT / "tuning" / "search.py",
+            "report": ROOT / "reporting" / "build.py"}
+_CONSOLE_SCRIPTS = {"train": "cifar-train", "search": "cifar-search", "report": "cifar-report"}
+# cpu_ddp.sh says how it was called here (its torchrun line alone would miss ACCELERATE_USE_CPU).
+LAUNCHER_ENV = "CIFAR_LAB_LAUNCHER"
+
+
+def _shown(path: str | Path) -> str:
+    """A path as typed here: relative to the working directory when inside it, else absolute.
+    Symlinks are kept: a venv's python is a link whose target lacks the venv."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path, os.getcwd())
+    return path if rel.startswith("..") else rel
+
+
+def _program(path: str | Path, interpreter: bool = False) -> str:
+    """A program to run, quoted for a shell: its bare name when PATH finds this very file (a console
+    script such as `cifar-train`, `accelerate`), else its path. An interpreter always by its path:
+    a venv's `python` links to the system's, so the same file is not the same environment."""
+    name = os.path.basename(path)
+    found = None if interpreter else shutil.which(name)
+    if found and os.path.exists(path) and os.path.samefile(found, path):
+        return shlex.quote(name)
+    shown = _shown(path)
+    return shlex.quote(shown if os.sep in shown else os.path.join(".", shown))
+
+
+@functools.cache
+def _parent_argv() -> tuple[list[str], str] | None:
+    """The parent process's argv and working directory (Linux /proc), or None where unreadable.
+    Read once, when the command starts: on Ctrl-C `accelerate launch` may exit before this process."""
+    ppid = os.getppid()
+    try:
+        raw = Path(f"/proc/{ppid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{ppid}/cwd")
+    except OSError:
+        return None
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]], cwd
+
+
+def _launcher_prefix(script: str) -> list[str] | None:
+    """The launcher's part of the parent's command line (`accelerate launch -q --config_file ...`,
+    `torchrun --nproc_per_node 2`), when the parent started `script`; else None (a shell, srun)."""
+    parent = _parent_argv()
+    if parent is None:
+        return None
+    argv, cwd = parent
+    for i, arg in enumerate(argv[1:], 1):
+        if os.path.abspath(os.path.join(cwd, arg)) == os.path.abspath(script):
+            front = argv[:i]
+            break
+    else:
+        return None
+    # `accelerate` and `torchrun` are scripts: the kernel ran them with their #! interpreter first.
+    if len(front) > 1 and _runs_with(front[1], front[0]):
+        front = front[1:]
+    interpreter = os.path.basename(front[0]).startswith("python")  # python -m torch.distributed.run
+    shown = [_program(front[0], interpreter=interpreter), *map(shlex.quote, front[1:])]
+    if not any("accelerate" in a for a in front) and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        shown.insert(0, "ACCELERATE_USE_CPU=true")  # torchrun over CPUs: train.py refuses the launch without it
+    return shown
+
+
+def _outlive_the_launcher(within: float = 3.0) -> None:
+    """On Ctrl-C, wait (at most `within` seconds) until `accelerate launch` has exited when it is
+    this process's launcher. Its one-process launcher gets the terminal's SIGINT too, waits 0.25 s
+    for us, then prints a ~20-line KeyboardInterrupt traceback: printed after it, the line saying
+    how to continue stays the last one on the screen instead of being buried."""
+    ppid = os.getppid()
+    parent = _parent_argv()
+    if (parent is None or "WORLD_SIZE" in os.environ or not sys.argv
+            or not any(os.path.basename(a).startswith("accelerate") or a.startswith("accelerate.")
+                       for a in (_launcher_prefix(sys.argv[0]) or []))):
+        return
+    deadline = time.monotonic() + within
+    while os.getppid() == ppid and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.05)  # its traceback is written before it exits; let the terminal show it first
+
+
+def _runs_with(script: str, interpreter: str) -> bool:
+    """Whether `script` is a file whose #! line names `interpreter`."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and os.fsencode(interpreter) in first
+
+
+def command_prefix(entry: str) -> str | None:
+    """How to run `entry` (train, search, report) again, as this process was started: the
+    launcher and its flags with the script (`.venv/bin/accelerate launch -q --config_file
+    launch/default.yaml distributed/train.py`, `torchrun --nproc_per_node 2 distributed/train.py`),
+    the console script (`cifar-train`), or the interpreter and the script
+    (`.venv/bin/python distributed/train.py`). None for a launch spanning several nodes, where
+    each node has its own launcher command. `report` is never launched: the interpreter's."""
+    me = sys.argv[0] if sys.argv else ""
+    console = os.path.basename(me) == _CONSOLE_SCRIPTS.get(entry) and not me.endswith(".py")
+    if entry != "report":
+        if os.environ.get(LAUNCHER_ENV):
+            return os.environ[LAUNCHER_ENV]
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+            return None
+        if me and os.path.exists(me):
+            launcher = _launcher_prefix(me)
+            if launcher is not None:
+                shown_me = _program(me) if console else shlex.quote(_shown(me))
+                return " ".join([*launcher, shown_me])
+        if console:
+            return _program(me)
+    elif os.path.basename(me) in _CONSOLE_SCRIPTS.values() and not me.endswith(".py"):
+        sibling = Path(me).with_name(_CONSOLE_SCRIPTS["report"])
+        if sibling.exists():
+            return _program(sibling)
+    return f"{_program(sys.executable, interpreter=True)} {shlex.quote(_shown(_SCRIPTS[entry]))}"
 
 
 # ----------------------------------------------------------------------------- search
@@ -243,6 +392,7 @@ def search(argv: list[str] | None = None) -> int:
     from distributed.config import ConfigError, config_from_args, given_fields
     from tuning.config import SearchConfig
 
+    _parent_argv()
     args = search_parser().parse_args(argv)
     settings = None
     try:
@@ -282,22 +432,27 @@ def search(argv: list[str] | None = None) -> int:
         search_dir = search_dir_for(base_cfg, settings.name)
         started = (search_dir / SEARCH_JSON).exists()
         then = (f"the trials ended so far are kept; {explain(e, base_cfg).fix}, then continue with: "
-                f"python tuning/search.py --name {settings.name} --resume" if started
+                f"{_search_resume_command(base_cfg, settings)}" if started
                 else f"nothing was started; {explain(e, base_cfg).fix}")
         print(f"error: {e}; {then}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if settings is not None:
-            print(f"interrupted; continue with: python tuning/search.py --name {settings.name} --resume",
-                  file=sys.stderr)
+            print(f"interrupted; continue with: {_search_resume_command(base_cfg, settings)}", file=sys.stderr)
         return 130
     if summary.get("interrupted"):
+        print(f"continue with: {_search_resume_command(base_cfg, settings)}", file=sys.stderr, flush=True)
         return 130
     if summary.get("test_acc") is None:
         return 0
     code = finish_run(summary["search_dir"], args)
     # A refit that was asked for and failed: the search and its report stand, the command did not succeed.
     return code or int((summary.get("refit") or {}).get("status") == "failed")
+
+
+def _search_resume_command(base_cfg, settings) -> str:
+    runs = "" if base_cfg.runs_dir == "runs" else f" --runs-dir {shlex.quote(str(base_cfg.runs_dir))}"
+    return f"{command_prefix('search')} --name {shlex.quote(settings.name)}{runs} --resume"
 
 
 # ----------------------------------------------------------------------------- report

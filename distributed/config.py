@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 # does not keep a rate tuned for 512 and diverge. Search spaces give max_lr at this batch too.
 REFERENCE_BATCH = 512
 REFERENCE_MAX_LR = 0.4
+NUM_CLASSES = 10  # CIFAR-10: the least a stratified split can hold with every class in it
 
 
 def lr_for_batch(lr_at_reference: float, batch_size: int) -> float:
@@ -241,6 +242,13 @@ def validate(cfg: TrainConfig) -> None:
         raise bad("checkpoint_every", cfg.checkpoint_every, "must be >= 0 (0: auto)")
     if cfg.num_workers < -1:
         raise bad("num_workers", cfg.num_workers, "must be >= 0, or -1 for auto")
+    # Both splits are stratified: fewer images than classes leaves classes out, and an accuracy
+    # on 5 images moves in steps of 20%.
+    for name in ("val_size", "test_subset"):
+        if 0 < values[name] < NUM_CLASSES:
+            zero = "0: no validation" if name == "val_size" else "0: all 10,000"
+            raise bad(name, values[name], f"a stratified split needs at least one image of each of the "
+                                          f"{NUM_CLASSES} classes: give >= {NUM_CLASSES} ({zero})")
     if cfg.val_size >= 50_000:
         raise bad("val_size", cfg.val_size, "must leave training images (< 50000)")
     if cfg.subset and cfg.val_size and cfg.subset <= cfg.val_size:

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -139,20 +140,42 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> CifarArrays:
 
 
 def _download(root: Path) -> None:
-    """torchvision download, under a file lock so parallel processes (DDP ranks, trials) don't race."""
+    """torchvision download, under a file lock so parallel processes (DDP ranks, trials) don't race.
+    A failed download leaves no trace: what this attempt created (the folders, the lock file, a
+    partial archive) is removed again; what was there before stays."""
     from filelock import FileLock
     from torchvision.datasets import CIFAR10
 
+    missing = [p for p in (root, *root.parents) if not p.exists()]  # folders this attempt creates
+    before = set(root.iterdir()) if root.is_dir() else set()
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".cifar10.lock")):
+    lock = root / ".cifar10.lock"
+    with FileLock(str(lock)):
         if (root / BATCHES_DIR / TEST_FILE).exists():  # another process finished while we waited
             return
         try:
             CIFAR10(str(root), train=True, download=True)
         except Exception as e:  # network errors come in many types; all mean the same to the user
-            raise DataError(f"CIFAR-10 is not in {root / BATCHES_DIR} and downloading it failed ({e.__class__.__name__}); "
-                            f"put the official cifar-10-python.tar.gz unpacked there "
-                            f"(data_batch_1..5, test_batch, batches.meta)") from None
+            failed = e
+            for p in set(root.iterdir()) - before - {lock}:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        else:
+            return
+    # After the lock is released. A process still waiting on it then holds a lock on the removed
+    # file and tries the download itself, which is what it would do anyway.
+    if lock not in before:
+        lock.unlink(missing_ok=True)
+    for folder in missing:  # the deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # no longer empty: another process uses it
+            break
+    raise DataError(f"CIFAR-10 is not in {root / BATCHES_DIR} and downloading it failed ({failed.__class__.__name__}); "
+                    f"put the official cifar-10-python.tar.gz unpacked there "
+                    f"(data_batch_1..5, test_batch, batches.meta)")
 
 
 # ----------------------------------------------------------------------------- splits and statistics

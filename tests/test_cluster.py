@@ -262,7 +262,9 @@ def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resume
     stopped = [ln for ln in text.splitlines() if ln.startswith("stopped by SIGTERM")]
     assert len(stopped) == 1, text[-3000:]
     assert stopped[0].startswith("stopped by SIGTERM in epoch 2, nothing half-written (newest checkpoint: epoch 1)")
-    assert f"python distributed/train.py --name slurm --runs-dir {runs} --resume" in stopped[0]
+    # One command would restart one node only: the script's part, and what to run it under.
+    assert stopped[0].endswith(f"continue with: distributed/train.py --name slurm --runs-dir {runs} --resume, "
+                               f"under the same launcher on every node"), stopped[0]
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0001"] and _no_temp_files(run)
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1]
 
@@ -294,6 +296,12 @@ def _interrupt_in_epoch_2(cmd: list[str], run: Path, act, timeout: float = 600) 
     return proc.returncode, out, err
 
 
+def _as_typed(path) -> str:
+    """A file as a printed command names it: relative to the working directory when inside it."""
+    rel = os.path.relpath(path, os.getcwd())
+    return str(path) if rel.startswith("..") else rel
+
+
 def _two_local_ranks(port: str, *extra: str) -> list[str]:
     return [*TORCHRUN, "--nnodes", "1", "--nproc-per-node", "2", *extra, "--master-addr", "127.0.0.1",
             "--master-port", port, TRAIN]
@@ -318,7 +326,11 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(fake_cifar, tmp_p
     _, _, err = _interrupt_in_epoch_2(cmd, run, lambda launcher: _worker(launcher, 1).send_signal(signal.SIGTERM))
     stopped = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
     assert len(stopped) == 1 and "epoch 2" in stopped[0], err[-3000:]
-    assert "(under the same launcher)" in stopped[0]
+    # The launcher as it was typed, and the CPU setting torchrun does not make itself.
+    assert stopped[0].endswith(f"continue with: ACCELERATE_USE_CPU=true {_as_typed(sys.executable)} -m "
+                               f"torch.distributed.run --nnodes 1 --nproc-per-node 2 --master-addr 127.0.0.1 "
+                               f"--master-port 29734 {_as_typed(TRAIN)} --name term --runs-dir {tmp_path} --resume"), \
+        stopped[0]
     assert "exitcode: 143" in err  # rank 1 ended by itself, with SIGTERM's exit code
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0001"] and _no_temp_files(run)
     assert not (run / rundir.SUMMARY).exists()
@@ -332,7 +344,8 @@ def test_sigterm_stops_a_single_process_run_with_143_and_one_line(fake_cifar, tm
     rc, _, err = _interrupt_in_epoch_2(cmd, run, lambda proc: os.killpg(proc.pid, signal.SIGTERM))
     assert rc == 143, err[-3000:]
     assert err.strip() == (f"stopped by SIGTERM in epoch 2, nothing half-written (newest checkpoint: epoch 1); "
-                           f"continue with: python distributed/train.py --name one --runs-dir {tmp_path} --resume")
+                           f"continue with: {_as_typed(sys.executable)} {_as_typed(TRAIN)} --name one --runs-dir "
+                           f"{tmp_path} --resume")
     assert [p.name for p in rundir.checkpoint_dirs(run)] == ["epoch_0001"] and _no_temp_files(run)
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1]
 

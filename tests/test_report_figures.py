@@ -189,13 +189,19 @@ def test_search_header_names_the_search_once(tmp_path, fake_cifar, monkeypatch, 
     class Stop(Exception):
         pass
 
-    def stop(search):
+    def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(runner, "init_ray", stop)
+    import ray
+
+    # No Ray: the line is printed once the trials are known to fit, just before search.json is written.
+    monkeypatch.setattr(runner, "init_ray", lambda search: False)
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    monkeypatch.setattr(runner, "check_resources", lambda *args: None)
+    monkeypatch.setattr(runner.rundir, "write_json", stop)
     cfg = TrainConfig(data_dir=str(fake_cifar), runs_dir=str(tmp_path), download=False, batch_size=BATCH)
     with pytest.raises(Stop):
-        runner.run_search(cfg, SearchConfig(name="s50", num_samples=4))
+        runner.run_search(cfg, SearchConfig(name="s50", num_samples=4, gpus_per_trial=0.0))
     out = capsys.readouterr().out
     assert out.startswith("search s50: 4 trials"), out
     assert "search search-" not in out and "max_lr 0.00488-0.0977 (0.05-1 at batch 512, x 50/512)" in out

@@ -282,7 +282,8 @@ def test_invalid_values_are_rejected_with_one_line_before_anything_starts(tmp_pa
 
 def test_unknown_flags_and_missing_data_fail_cleanly(tmp_path):
     r = cli("--max-lrr", "0.1", timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: unrecognized arguments: --max-lrr 0.1"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: unrecognized arguments: --max-lrr 0.1 "
+                                                    "(did you mean --max-lr?)")
     r = cli("--runs-dir", tmp_path, "--data-dir", tmp_path / "nodata", "--no-download", "--no-report", timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: CIFAR-10 not found") and "Traceback" not in r.stderr

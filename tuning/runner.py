@@ -267,15 +267,6 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     from distributed.model import count_parameters, resnet18
 
     rundir.check_writable(search_dir, 16 * count_parameters(resnet18()))
-    with rundir.writing(search_dir):
-        search_dir.mkdir(parents=True, exist_ok=True)
-    saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
-    previous_wall = saved.get("wall_seconds") or 0.0
-    lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
-    print(f"search {search.name}: {'resuming, ' if search.resume else ''}{search.num_samples} trials of up to "
-          f"{base_cfg.epochs} epochs, global batch {base_cfg.batch_size}"
-          f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
-          f"{rundir.TRAIN_LOG}", flush=True)
 
     started_ray = init_ray(search)  # before `import ray`: Ray reads some settings when imported
     import ray
@@ -284,6 +275,17 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     try:
         if search.gpus_per_trial is None:  # a GPU anywhere in the cluster: one per trial
             search = replace(search, gpus_per_trial=1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+        # Before the search directory exists: a search that can never start a trial leaves nothing.
+        check_resources(search, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        with rundir.writing(search_dir):
+            search_dir.mkdir(parents=True, exist_ok=True)
+        saved = rundir.read_json(search_dir / rundir.SEARCH_JSON) if (search_dir / rundir.SEARCH_JSON).exists() else {}
+        previous_wall = saved.get("wall_seconds") or 0.0
+        lr_text = space_mod.describe_lr(space, base_cfg.batch_size)
+        print(f"search {search.name}: {'resuming, ' if search.resume else ''}{search.num_samples} trials of up "
+              f"to {base_cfg.epochs} epochs, global batch {base_cfg.batch_size}"
+              f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
+              f"{rundir.TRAIN_LOG}", flush=True)
         info: dict[str, Any] = {
             "name": search.name, "search": _search_settings(search), "space": space,
             "space_at_batch": trial_space, "base_config": base_cfg.to_dict(),
@@ -462,6 +464,51 @@ def init_ray(search: SearchConfig) -> bool:
     return True
 
 
+def check_resources(search: SearchConfig, nodes: list[dict[str, float]]) -> None:
+    """Refuse a search no node of which can ever start one trial (Tune would wait for ever at
+    "1 waiting"): ConfigError naming what a trial asks for and what the cluster has. A cluster joined
+    with --address may still grow (autoscaler, `ray start` on another node): one line says the
+    search waits for it. `nodes`: the Resources of each alive node (`ray.nodes()`)."""
+    n, cpus, gpus = search.workers_per_trial, search.cpus_per_trial, search.gpus_per_trial or 0.0
+
+    def workers_held(node: dict[str, float]) -> int:
+        k = node.get("CPU", 0) // cpus
+        return int(min(k, node.get("GPU", 0) // gpus) if gpus else k)
+
+    held = [workers_held(node) for node in nodes]
+    # A single-process trial is one bundle: one node must hold it. A DDP trial's workers are placed
+    # by --placement-strategy: STRICT_PACK on one node, STRICT_SPREAD one per node, else anywhere.
+    strategy = search.placement_strategy if n > 1 else "STRICT_PACK"
+    if strategy == "STRICT_PACK":
+        fits = max(held, default=0) >= n
+    elif strategy == "STRICT_SPREAD":
+        fits = sum(k >= 1 for k in held) >= n
+    else:
+        fits = sum(held) >= n
+    if fits:
+        return
+    one = f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "")
+    asked = one if n == 1 else f"{n} workers of {one} each ({strategy})"
+    total = {k: sum(node.get(k, 0) for node in nodes) for k in ("CPU", "GPU")}
+    largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
+    have = f"{total['CPU']:g} CPUs and {total['GPU']:g} GPUs"
+    if len(nodes) > 1:
+        have += f" on {len(nodes)} nodes, the largest {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs"
+    if search.address:
+        print(f"search: each trial asks for {asked}; the Ray cluster at {search.address} has {have} for now: waiting "
+              f"for nodes to join (autoscaler, `ray start --address ...`); Ctrl-C stops", file=sys.stderr, flush=True)
+        return
+    fixes = []
+    if gpus > total["GPU"] or gpus and not any(node.get("GPU", 0) >= gpus for node in nodes):
+        fixes.append("--gpus-per-trial 0 (trials on the CPU)" if not total["GPU"] else "a lower --gpus-per-trial")
+    if cpus > max((node.get("CPU", 0) for node in nodes), default=0):
+        fixes.append("a lower --cpus-per-trial" + (" or a higher --num-cpus" if search.num_cpus else ""))
+    if not fixes:
+        fixes.append("fewer --workers-per-trial or another --placement-strategy")
+    raise ConfigError(f"each trial asks for {asked}, but this machine's Ray has {have}: no trial could ever start; "
+                      f"use {' or '.join(fixes)}, or join a larger cluster with --address")
+
+
 def trial_resources(search: SearchConfig) -> dict[str, float]:
     if search.workers_per_trial > 1:
         # The trial only drives the TorchTrainer; its workers hold the CPUs/GPUs.
@@ -471,7 +518,7 @@ def trial_resources(search: SearchConfig) -> dict[str, float]:
 
 
 def _max_concurrent(search: SearchConfig) -> int:
-    """Concurrent trials the cluster can hold; needed for DDP trials, whose 0-CPU driver Tune
+    """Concurrent trials the cluster can hold now (at least one); needed for DDP trials, whose 0-CPU driver Tune
     would otherwise start without bound while their workers wait for resources."""
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
@@ -484,12 +531,9 @@ def _max_concurrent(search: SearchConfig) -> int:
     fits = [int(total.get("CPU", 0) // (n * search.cpus_per_trial))]
     if gpus > 0:
         fits.append(int(total.get("GPU", 0) // (n * gpus)))
-    concurrent = min(fits)
-    if concurrent < 1:
-        raise ConfigError(f"invalid --workers-per-trial {n}: the cluster ({total.get('CPU', 0):g} CPUs, "
-                          f"{total.get('GPU', 0):g} GPUs) cannot hold {n} workers of "
-                          f"{search.cpus_per_trial:g} CPU / {gpus:g} GPU")
-    return concurrent
+    # check_resources has refused a cluster that cannot hold one trial; one that may still grow
+    # (--address) starts with one trial, which waits for the nodes.
+    return max(1, min(fits))
 
 
 def tune_config(base_cfg: TrainConfig, search: SearchConfig):
