@@ -62,7 +62,7 @@ def _add_report_flags(parser: argparse.ArgumentParser) -> None:
                             "(default: build it; --resume remembers the choice)")
     group.add_argument("--report-dir", default=None,
                        help="folder of reports: this one goes to REPORT_DIR/<name>/, and REPORT_DIR/index.html "
-                            "shows it with every report listed (default: reports; --resume remembers it)")
+                            "lists every report below REPORT_DIR (default: reports; --resume remembers it)")
 
 
 def _cli_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,19 +76,31 @@ def _cli_options(args: argparse.Namespace, saved: dict[str, Any] | None = None) 
     return options
 
 
-def _check_report_dir(options: dict[str, Any]) -> None:
-    """A report folder that cannot be written is said before training, not after it: the report is
-    built at the end, and a run of hours should not end on "report failed". Raises ConfigError."""
+def _check_report_dir(options: dict[str, Any], run_dir: Path, kind: str) -> None:
+    """Where the report will go is checked before training, not after it: the report is built at the
+    end, and a run of hours should not end on "report failed". The folder must take files, and the
+    report's own folder must not be another run's report or hold other reports (reporting.index's
+    rules). Raises ConfigError."""
     if not options["report"]:
         return
     from distributed.config import ConfigError
     from distributed.rundir import WriteError, check_writable
+    from reporting import index as reports_index
 
+    from distributed.rundir import CONFIG, SEARCH_JSON, read_json
+
+    out = Path(options["report_dir"])
+    saved = run_dir / (CONFIG if kind == "run" else SEARCH_JSON)  # a resumed run's report may be replaced
+    created = (read_json(saved) or {}).get("created" if kind == "run" else "started") if saved.is_file() else None
     try:
-        check_writable(Path(options["report_dir"]), 0)
+        check_writable(out, 0)
+        reports_index.check_target(out, run_dir.resolve().name,
+                                   {"kind": kind, "created": created, "source": str(run_dir.resolve())})
     except WriteError as e:
         raise ConfigError(f"{e} (the report is built there at the end); make that folder writable, or choose "
                           f"another --report-dir, or pass --no-report") from None
+    except reports_index.LayoutError as e:
+        raise ConfigError(f"the report could not be built at the end: {e}, or pass --no-report") from None
 
 
 def finish_run(run_dir: str | Path, args: argparse.Namespace) -> int:
@@ -150,7 +162,7 @@ def train(argv: list[str] | None = None) -> int:
                 args.config = run_dir / "config.json"
                 cfg = config_from_args(args)
         options = _cli_options(args, saved_cli)
-        _check_report_dir(options)
+        _check_report_dir(options, run_dir, "run")
         from distributed.data import DataError
         from distributed.engine import Preempted, fit, stop_on_signals
         from distributed.lr_finder import find_lr
@@ -421,7 +433,7 @@ def search(argv: list[str] | None = None) -> int:
                                            **{k: saved[k] for k in remembered if k in saved and k not in given})
             saved_cli = read_json(search_dir / SEARCH_JSON).get("cli") or {}
         options = _cli_options(args, saved_cli)
-        _check_report_dir(options)
+        _check_report_dir(options, search_dir_for(base_cfg, settings.name), "search")
         summary = run_search(base_cfg, settings, cli_options=options)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -462,7 +474,7 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="runs/<name> (train.py) or runs/search-<name> (tuning)")
     parser.add_argument("--out", type=Path, default=Path("reports"),
                         help="folder of reports: the report goes to OUT/<run or search name>/, and OUT/index.html "
-                             "shows it with every report under OUT listed (default: reports)")
+                             "lists every report below OUT (default: reports)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="CIFAR-10 folder holding cifar-10-batches-py/ (default: the run's data_dir)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,

@@ -289,6 +289,29 @@ def test_a_rebuild_never_deletes_another_report(case, tree, runs, data_dir, tmp_
     assert _snapshot(reports) == before
 
 
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_a_run_whose_report_would_be_refused_is_refused_before_training(command, tree, data_dir, tmp_path, capsys):
+    """The report is built at the end: a --report-dir where it would be refused (here the old quick
+    start's layout, reports/<name> holding other reports) is said before anything trains or starts."""
+    from cifar_lab import cli
+
+    reports = tmp_path / "reports"
+    shutil.copytree(tree, reports)
+    name = "a" if command == "train" else "s"
+    folder = name if command == "train" else f"search-{name}"
+    shutil.rmtree(reports / folder, ignore_errors=True)
+    shutil.move(reports / "first", reports / folder)  # it holds the report first/a
+    before = _snapshot(reports)
+    argv = ["--name", name, "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir), "--no-download",
+            "--epochs", "1", "--report-dir", str(reports)]
+    assert getattr(cli, command)(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: the report could not be built at the end: {reports / folder} holds other reports "
+                   f"({reports / folder / 'a'}), not this report: move it away or pass another --out / "
+                   f"--report-dir, or pass --no-report\n"), err
+    assert _snapshot(reports) == before and not (tmp_path / "runs").exists()
+
+
 def test_check_target_allows_a_new_name_an_empty_folder_and_the_same_run(tmp_path):
     new = {"kind": "run", "created": "2026-12-01T09:00:00+00:00", "source": "/runs/a"}
     reports_index.check_target(tmp_path / "nothing-yet", "a", new)
