@@ -84,10 +84,8 @@ def _check_report_dir(options: dict[str, Any], run_dir: Path, kind: str) -> None
     if not options["report"]:
         return
     from distributed.config import ConfigError
-    from distributed.rundir import WriteError, check_writable
+    from distributed.rundir import CONFIG, SEARCH_JSON, WriteError, check_writable, read_json
     from reporting import index as reports_index
-
-    from distributed.rundir import CONFIG, SEARCH_JSON, read_json
 
     out = Path(options["report_dir"])
     saved = run_dir / (CONFIG if kind == "run" else SEARCH_JSON)  # a resumed run's report may be replaced
@@ -441,11 +439,10 @@ def search(argv: list[str] | None = None) -> int:
     except WriteError as e:  # the runs folder's disk: full, read-only, not ours
         from distributed.failures import explain
 
-        search_dir = search_dir_for(base_cfg, settings.name)
-        started = (search_dir / SEARCH_JSON).exists()
-        then = (f"the trials ended so far are kept; {explain(e, base_cfg).fix}, then continue with: "
-                f"{_search_resume_command(base_cfg, settings)}" if started
-                else f"nothing was started; {explain(e, base_cfg).fix}")
+        fix = explain(e, base_cfg).fix
+        started = (search_dir_for(base_cfg, settings.name) / SEARCH_JSON).exists()
+        then = (f"the trials ended so far are kept; {fix}, then continue with: "
+                f"{_search_resume_command(base_cfg, settings)}" if started else f"nothing was started; {fix}")
         print(f"error: {e}; {then}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
