@@ -259,6 +259,9 @@ def test_ancestry_follows_the_latest_exploit_before_the_copy():
     chain = ancestry(A, ex)
     assert [(x["epoch"], x["trial"], x["donor"]) for x in chain] == ANCESTRY
     assert weights_path(A, chain, 4) == [(A, 3, 4), (C, 2, 3), (B, 1, 2), (A, 1, 1)]
+    # without times, by epoch alone: B's exploit at epoch 3 is after C copied B's epoch 2
+    untimed = [{k: v for k, v in x.items() if k != "time"} for x in ex]
+    assert [(x["epoch"], x["trial"], x["donor"]) for x in ancestry(A, untimed)] == ANCESTRY
     # C copied B at epoch 2 before B itself exploited at epoch 2 (time t1 < t2): not B's exploit
     later = [*ex, {"epoch": 2, "trial": B, "donor": D, "time": "t9"}]
     assert [(x["epoch"], x["trial"]) for x in ancestry(A, later)] == [(1, B), (2, C), (3, A)]
