@@ -250,6 +250,9 @@ def search_figures(search: dict[str, Any], fig) -> None:
         unscored = sum(not _NUMBER.fullmatch(str(r.get(METRIC) or "").strip()) for r in search["rows"])
         note = (f"; {', '.join(scaled)} as trained at batch {search['batch']} (the space's range at batch "
                 f"{REFERENCE_BATCH} scaled by {search['batch']}/{REFERENCE_BATCH})" if scaled else "")
+        if pbt:  # results.csv holds a PBT trial's latest values, not the ones it started with
+            note += ("; under PBT each trial's value at its end (PBT perturbed them during training: the best "
+                     "trial's values epoch by epoch are in its schedule figure)")
         figures.plot_parallel(search["rows"], search["params"], METRIC, fig(
             "parallel", "search_parallel.png",
             f"Parallel coordinates: each line is a trial, through its sampled value of "
