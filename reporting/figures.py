@@ -705,6 +705,17 @@ _UNITS = {"shift_limit": "+- fraction of the side", "scale_limit": "+- fraction"
 _DECADE_FIELDS = ("weight_decay", "l1")
 
 
+def _epoch_ticks(ax, last: int) -> None:
+    """Whole epochs on an axis from 0.5 to last + 0.5: every one up to 12, else a few (matplotlib's
+    integer locator falls back to fractions when the range holds one integer)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if last <= 12:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def schedule_panels(fields: Sequence[str]) -> list[tuple[str, list[str]]]:
     """How plot_schedule groups fields: ("probabilities", [the *_p fields]) first when there are
     any, then one (field, [field]) panel per other field, in the order given."""
@@ -724,7 +735,7 @@ def plot_schedule(epochs: Sequence[int], schedule: Sequence[dict[str, Any]], pat
     multiples, shared epoch axis). `exploits`: epochs k after which the weights came from another
     trial (PBT), drawn as a dashed line at k + 0.5 in every panel, where the values change.
     """
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import FuncFormatter
 
     fields = list(fields) if fields is not None else sorted({k for e in schedule for k in e})
     last = max((int(e) for e in epochs), default=1)
@@ -766,7 +777,7 @@ def plot_schedule(epochs: Sequence[int], schedule: Sequence[dict[str, Any]], pat
         for k in marks:
             ax.axvline(k + 0.5, ls="--", lw=1, color="tab:red", gid="exploit")
         ax.set_xlim(0.5, last + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_ticks(ax, last)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -794,7 +805,6 @@ def plot_lineage(trials: Sequence[str], exploits: Sequence[dict[str, Any]], path
     epoch, to epoch) trace where its weights were along the rows. `labels`: text per row, else the id.
     """
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
 
     rows = list(dict.fromkeys(trials))
     row = {t: i for i, t in enumerate(rows)}
@@ -823,7 +833,7 @@ def plot_lineage(trials: Sequence[str], exploits: Sequence[dict[str, Any]], path
             tick.set_fontweight("bold")
     ax.set_ylim(len(rows) - 0.5, -0.5)        # first trial on top
     ax.set_xlim(0.5, last + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_ticks(ax, last)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3, axis="x")
     handles = [Line2D([], [], color="tab:blue", lw=1, marker=">", label="exploit at epoch k: donor -> recipient, "
