@@ -256,7 +256,7 @@ def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
     for k, v in cfg.to_dict().items():
         if isinstance(v, dict):
             rows += [(f"{k}.{k2}", show(v2)) for k2, v2 in v.items()]
-        elif k == "aug_schedule":  # a list of per-epoch dicts: drawn under Training curves, counted here
+        elif k == "aug_schedule":  # a list of per-epoch dicts: counted here, drawn by the schedule figure
             rows.append((k, schedule_text(v)))
         elif k == "max_lr" and v is None:  # the batch-scaled default: show the rate it resolved to
             rows.append((k, f"{cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()})"))
