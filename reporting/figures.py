@@ -691,3 +691,160 @@ def _float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return float("nan")
+
+
+# A field whose name ends so is a probability per image (flip_p, affine_p, color_p, cutout_p): drawn
+# together on one 0-1 panel; every other scheduled field has its own scale and its own panel.
+PROBABILITY_SUFFIX = "_p"
+# The unit of each scheduled field's values (distributed/config.py's AugConfig), for its panel's title.
+_UNITS = {"shift_limit": "+- fraction of the side", "scale_limit": "+- fraction", "rotate_limit": "+- degrees",
+          "hue_shift": "+- HSV units", "sat_shift": "+- HSV units", "val_shift": "+- HSV units",
+          "brightness": "+- fraction", "contrast": "+- fraction", "cutout_min": "px", "cutout_max": "px",
+          "dropout": "probability"}
+# Fields whose useful values span decades: a log axis when every value is positive and they do.
+_DECADE_FIELDS = ("weight_decay", "l1")
+
+
+def _epoch_ticks(ax, last: int) -> None:
+    """Whole epochs on an axis from 0.5 to last + 0.5: every one up to 12, else a few (matplotlib's
+    integer locator falls back to fractions when the range holds one integer)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if last <= 12:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def schedule_panels(fields: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """How plot_schedule groups fields: ("probabilities", [the *_p fields]) first when there are
+    any, then one (field, [field]) panel per other field, in the order given."""
+    probs = [f for f in fields if f.endswith(PROBABILITY_SUFFIX)]
+    panels = [("probabilities", probs)] if probs else []
+    return panels + [(f, [f]) for f in fields if not f.endswith(PROBABILITY_SUFFIX)]
+
+
+@_plain_text
+def plot_schedule(epochs: Sequence[int], schedule: Sequence[dict[str, Any]], path: Path, *,
+                  fields: Sequence[str] | None = None, exploits: Sequence[int] = (), title: str = "") -> Path:
+    """A learned or replayed schedule: each field's value against epoch, as steps (the value of epoch
+    e holds from e - 0.5 to e + 0.5, so each step sits on its epoch's tick).
+
+    `schedule[i]` holds the values epoch `epochs[i]` (1-based) trained with; an epoch not listed is a
+    gap. Probabilities share one panel on 0-1; every other field gets its own panel (small
+    multiples, shared epoch axis). `exploits`: epochs k after which the weights came from another
+    trial (PBT), drawn as a dashed line at k + 0.5 in every panel, where the values change.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    fields = list(fields) if fields is not None else sorted({k for e in schedule for k in e})
+    last = max((int(e) for e in epochs), default=1)
+    edges = np.arange(last + 1) + 0.5
+    by_epoch = {int(e): entry for e, entry in zip(epochs, schedule)}
+
+    def values(field: str) -> np.ndarray:
+        return np.array([_float(by_epoch.get(e, {}).get(field)) for e in range(1, last + 1)])
+
+    panels = schedule_panels(fields) or [("no scheduled field", [])]
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, 3.35 * ncols), 2.5 * nrows + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, squeeze=False)).ravel()
+    marks = sorted({int(k) for k in exploits if 1 <= int(k) < last})
+    for ax, (name, group) in zip(axes, panels):
+        for field in group:
+            y = values(field)
+            ax.stairs(y, edges, baseline=None, lw=1.8, label=field, gid=field)
+        if name == "probabilities":
+            ax.set_ylim(-0.03, 1.03)
+            ax.legend(fontsize=7, loc="best")
+            ax.set_title("probabilities (per image)", fontsize=10)
+        elif group:
+            y = values(name)
+            finite = y[np.isfinite(y)]
+            constant = finite.size > 0 and np.ptp(finite) == 0
+            if name in _DECADE_FIELDS and finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
+                ax.set_yscale("log")
+                _plain_log_ticks(ax, "y")
+            else:  # 0.0006 as 0.0006, not 0.000600
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            if constant:  # a flat step in the middle of a readable range, not on an axis edge
+                v = float(finite[0])
+                pad = abs(v) * 0.5 or 1.0
+                ax.set_ylim(v - pad, v + pad)
+            notes = [n for n in (_UNITS.get(name), "constant" if constant else None) if n]
+            ax.set_title(name + (f" ({', '.join(notes)})" if notes else ""), fontsize=10)
+        for k in marks:
+            ax.axvline(k + 0.5, ls="--", lw=1, color="tab:red", gid="exploit")
+        ax.set_xlim(0.5, last + 0.5)
+        _epoch_ticks(ax, last)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[max(0, len(panels) - ncols):len(panels)]:
+        ax.set_xlabel("epoch")
+        ax.tick_params(labelbottom=True)
+    if title or marks:
+        fig.suptitle(title + (f"{'; ' if title else ''}dashed red: exploit (the values change after epoch "
+                              f"{', '.join(map(str, marks))})" if marks else ""), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@_plain_text
+def plot_lineage(trials: Sequence[str], exploits: Sequence[dict[str, Any]], path: Path, *,
+                 spans: dict[str, tuple[int, int]] | None = None, best: str | None = None,
+                 ancestry: Sequence[dict[str, Any]] = (), path_segments: Sequence[tuple[str, int, int]] = (),
+                 labels: dict[str, str] | None = None) -> Path:
+    """A PBT population's lineage: one row per trial (in the order given, top down), x = epoch.
+
+    `exploits`: dicts with epoch k, trial (the recipient) and donor; each is an arrow at x = k from
+    the donor's row to the recipient's (the recipient trains epoch k + 1 on from the donor's state of
+    epoch k). `spans`: the epochs each trial's metrics cover, a thin line along its row. The best
+    trial's `ancestry` (exploits, as above) is drawn thick black, and `path_segments` (trial, from
+    epoch, to epoch) trace where its weights were along the rows. `labels`: text per row, else the id.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = list(dict.fromkeys(trials))
+    row = {t: i for i, t in enumerate(rows)}
+    spans = spans or {}
+    on_path = {(str(a.get("epoch")), str(a.get("trial")), str(a.get("donor"))) for a in ancestry}
+    last = max([int(x["epoch"]) + 1 for x in exploits] + [hi for _, hi in spans.values()] + [1])
+    fig = _figure(figsize=(min(_MAX_WIDTH_IN, max(7.0, 0.6 * last + 3.5)), 0.32 * len(rows) + 1.6))
+    ax = fig.subplots()
+    for t, (lo, hi) in spans.items():
+        if t in row:
+            ax.plot([lo, hi], [row[t], row[t]], "-", color="0.75", lw=1.2, zorder=1)
+    for t, lo, hi in path_segments:
+        if t in row:
+            ax.plot([lo, hi], [row[t], row[t]], "-", color="black", lw=3, zorder=2, gid="best-path")
+    for x in exploits:
+        k, rec, don = int(x["epoch"]), str(x["trial"]), str(x["donor"])
+        mine = (str(x["epoch"]), rec, don) in on_path
+        ax.annotate("", xy=(k, row[rec]), xytext=(k, row[don]), gid="ancestry" if mine else "exploit",
+                    arrowprops={"arrowstyle": "-|>", "color": "black" if mine else "tab:blue",
+                                "lw": 2.2 if mine else 1.0, "alpha": 1.0 if mine else 0.7,
+                                "connectionstyle": "arc3,rad=0.25", "shrinkA": 2, "shrinkB": 2},
+                    zorder=4 if mine else 3)
+    ax.set_yticks(range(len(rows)), [(labels or {}).get(t, t) for t in rows], fontsize=8)
+    for tick, t in zip(ax.get_yticklabels(), rows):
+        if t == best:
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(rows) - 0.5, -0.5)        # first trial on top
+    ax.set_xlim(0.5, last + 0.5)
+    _epoch_ticks(ax, last)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3, axis="x")
+    handles = [Line2D([], [], color="tab:blue", lw=1, marker=">", label="exploit at epoch k: donor -> recipient, "
+                                                                         "which trains epoch k+1 on from it")]
+    if best is not None:
+        handles.append(Line2D([], [], color="black", lw=3, label=f"where the best trial's ({best}) weights came from"))
+    ax.set_title(f"Lineage of {len(rows)} trials: {len(exploits)} exploit{'s' if len(exploits) != 1 else ''}",
+                 fontsize=11)
+    # Margins in inches (the row labels, the legend under the axis), so the axis keeps its size.
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=min(0.45, 2.3 / width), right=0.98, top=1 - 0.45 / height, bottom=1.05 / height)
+    fig.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(min(0.45, 2.3 / width), 0.0),
+               frameon=False)
+    return _save(fig, path)

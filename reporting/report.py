@@ -23,7 +23,7 @@ import numpy as np
 from distributed import rundir
 from distributed.config import ConfigError, TrainConfig, precision_name
 from reporting import index as reports_index
-from reporting.search import SearchError, config_comparison, format_number, search_context
+from reporting.search import SearchError, config_comparison, format_number, schedule_text, search_context, shown_path
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "index.html.j2"
@@ -256,6 +256,8 @@ def _flat_config(cfg: TrainConfig) -> list[tuple[str, str]]:
     for k, v in cfg.to_dict().items():
         if isinstance(v, dict):
             rows += [(f"{k}.{k2}", show(v2)) for k2, v2 in v.items()]
+        elif k == "aug_schedule":  # a list of per-epoch dicts: counted here, drawn by the schedule figure
+            rows.append((k, schedule_text(v)))
         elif k == "max_lr" and v is None:  # the batch-scaled default: show the rate it resolved to
             rows.append((k, f"{cfg.effective_max_lr:.4g} ({cfg.max_lr_rule()})"))
         else:
@@ -371,6 +373,8 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
         from reporting.search import search_figures
 
         search_figures(search, page.fig)
+    # A search's page draws the best trial's schedule in its search section (from schedule.json).
+    schedule = None if search else _schedule_figure(page)
 
     summary_rows = _summary_rows(run, stats, search)
     meta = run.meta
@@ -406,6 +410,7 @@ def _report_context(run: Run, search: dict[str, Any] | None, data, model, out: P
         "cam_all_image": cam_all_image,
         "zero_maps": zero_maps,
         "search": search,
+        "schedule": schedule,
         "compare": config_comparison(run.config, search["params"]) if search else [],
         "n_examples": n_examples,
     }
@@ -445,6 +450,34 @@ def _curve_figures(page: _Page, lr_sampled: bool = False) -> None:
         figures.plot_lr_find(lr_find, page.fig(
             "lr_find", "lr_find.png",
             "LR range test: training loss against learning rate, suggested and chosen maximum LR marked"))
+
+
+def _schedule_figure(page: _Page) -> dict[str, Any] | None:
+    """A run trained with a schedule (config.json's aug_schedule: a --aug-schedule replay, or a PBT
+    trial): the values each epoch trained with, from its metrics rows' "schedule". None for a run
+    without one; else what the template says about it (a note instead of a figure when no row has one)."""
+    from reporting import figures
+    from reporting.search import LINEAGE_FILE, read_lineage, schedule_from_metrics
+
+    planned = (page.run.meta.get("config") or {}).get("aug_schedule")
+    if not isinstance(planned, list) or not planned:
+        return None
+    epochs, entries = schedule_from_metrics(page.run.metrics)
+    exploits, _ = read_lineage(page.run.path)      # a PBT trial's run directory has one
+    info = {"entries": len(planned), "epochs": len(epochs),
+            "exploits": [x["epoch"] for x in exploits]}
+    if not entries:
+        return info
+    stretch = (f", stretched over {page.run.config.epochs} epochs" if len(planned) != page.run.config.epochs else "")
+    figures.plot_schedule(epochs, entries, page.fig(
+        "schedule", "schedule.png",
+        f"The values each epoch trained with (metrics.jsonl, \"schedule\"), from the {len(planned)}-entry schedule "
+        f"in config.json (aug_schedule{stretch}): each value holds for its whole epoch (one step per epoch); "
+        f"probabilities share the first panel (0-1), every other field has its own scale"
+        + (f"; dashed red lines: the exploits this trial adopted ({LINEAGE_FILE}), after which its weights "
+           f"and values came from another trial" if exploits else "")),
+        exploits=info["exploits"])
+    return info
 
 
 def _calibration_figure(page: _Page) -> list[dict[str, Any]]:
@@ -639,9 +672,10 @@ def _summary_rows(run: Run, stats: dict[str, Any], search: dict[str, Any] | None
     if search:
         c = search["counts"]
         at = next(i for i, (k, _) in enumerate(rows) if k == "Training throughput")
+        stopped = "" if search.get("pbt") and not c["STOPPED"] else f", {c['STOPPED']} stopped early by ASHA"
         rows[at:at] = [("Search wall time (all trials)", _duration(search.get("wall_seconds"))),
-                     ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} completed (every epoch), {c['STOPPED']} "
-                                f"stopped early by ASHA, {c['ERROR']} failed")]
+                     ("Trials", f"{len(search['rows'])}: {c['TERMINATED']} completed (every epoch){stopped}, "
+                                f"{c['ERROR']} failed")]
     return rows
 
 
@@ -664,16 +698,6 @@ def _refit_rows(search: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [("Refit test accuracy", f"{_pct(refit.get('test_acc'))} (the best configuration trained again on all "
                                     f"{refit.get('train_images', 0):,} training images for {refit.get('epochs')} "
                                     f"epochs, in {Path(refit['run_dir']).name}/{both})")]
-
-
-def shown_path(path: str | Path) -> str:
-    """A path as the page shows it: relative to the working directory when under it (as a user types
-    it, and as a run's own report shows it), else absolute. The search passes absolute paths."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
 
 
 def _fmt_floats(values: Any) -> str:

@@ -349,6 +349,17 @@ def test_search_report_has_trials_table_and_plots(search_report):
     assert set(SECTIONS) <= page.ids                          # the best trial's full report too
 
 
+def test_asha_search_report_has_no_pbt_section(search_report):
+    """An ASHA search's page is as before issue 23: no schedule, no lineage, no exploit column, ASHA's
+    words (here, where the ASHA report is built anyway: tests/test_report_pbt.py has the PBT page)."""
+    html = search_report.read_text()
+    for absent in ('id="pbt"', 'id="lineage"', 'id="pbt-header"', "exploits adopted", "pbt_schedule.png",
+                   "pbt_lineage.png", "Population Based", 'id="schedule"', "learned schedule"):
+        assert absent not in html, absent
+    assert "ASHA stopped the weakest early." in html and "1 stopped early by ASHA, 1 failed" in html
+    assert "trials that ASHA stopped early end early (x)" in html
+
+
 def test_search_table_keeps_strings_and_rounds_numbers(search_report):
     html = search_report.read_text()
     for trial in TRIAL_IDS:                                  # "3e682_00000" is a float to Python
