@@ -16,7 +16,7 @@ import albumentations as A
 import cv2
 import torch
 
-from distributed.config import AugConfig
+from distributed.config import AugConfig, TrainConfig, schedule_index
 
 IMAGE_SIZE = 32
 
@@ -62,6 +62,27 @@ def build_train_transform(aug: AugConfig, mean: Sequence[float]) -> A.Compose:
     Normalised on the device (`ModelInput`), the hole is ~0 (within half a grey level of the mean):
     it carries no colour information, as when the fill was 0 after Normalize."""
     return _compose([*_augmentations(aug), _cutout(aug, mean_pixel(mean))])
+
+
+class ScheduledTransform:
+    """A training schedule's transforms, one per entry: `CifarDataset` asks `for_epoch(e)` with the
+    epoch each batch carries, so persistent loader workers change augmentation at epoch boundaries
+    without being rebuilt."""
+
+    def __init__(self, transforms: list[A.Compose], epochs: int) -> None:
+        self.transforms, self.epochs = transforms, epochs
+
+    def for_epoch(self, epoch: int) -> A.Compose:
+        return self.transforms[schedule_index(epoch, self.epochs, len(self.transforms))]
+
+
+def build_run_transform(cfg: TrainConfig, mean: Sequence[float]) -> A.Compose | ScheduledTransform:
+    """The training transform of a run: `build_train_transform(cfg.aug)`, or with `cfg.aug_schedule`
+    one per schedule entry (each the run's augmentation with that entry's values)."""
+    if not cfg.aug_schedule:
+        return build_train_transform(cfg.aug, mean)
+    return ScheduledTransform([build_train_transform(cfg.replace(**entry, aug_schedule=()).aug, mean)
+                               for entry in cfg.aug_schedule], cfg.epochs)
 
 
 def build_float_train_transform(aug: AugConfig, mean: Sequence[float], std: Sequence[float]) -> A.Compose:

@@ -73,6 +73,20 @@ class AugConfig:
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 
+# What a schedule (--aug-schedule, a PBT trial) may set per epoch: every augmentation strength and
+# probability but the padding (which changes the crop, not how often it happens), and the
+# regularisers. Not the learning rate: OneCycle is a function of the step, fixed at the start.
+SCHEDULABLE = ("flip_p", "affine_p", "shift_limit", "scale_limit", "rotate_limit", "color_p", "hue_shift",
+               "sat_shift", "val_shift", "brightness", "contrast", "cutout_p", "cutout_min", "cutout_max",
+               "dropout", "weight_decay", "l1")
+SCHEDULE_KIND = "cifar-lab augmentation schedule"
+
+
+def schedule_index(epoch: int, epochs: int, entries: int) -> int:
+    """The schedule entry of 0-based `epoch` in a run of `epochs`: a schedule of `entries` epochs
+    stretched (or squeezed) over the run, entry i covering epochs [i E/S, (i+1) E/S)."""
+    return min(entries - 1, epoch * entries // epochs)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -151,9 +165,29 @@ class TrainConfig:
                                 "wandb or mlflow when installed, none: off",
                         choices=TRACKERS)
     aug: AugConfig = opt(factory=AugConfig, cli=False)
+    # Per-epoch values of SCHEDULABLE fields, overriding the fields above in their epochs (stretched
+    # over the run: `schedule_index`); () = none. train.py's --aug-schedule FILE fills it
+    # (`load_schedule`); a PBT trial gives its current values as a 1-entry schedule.
+    aug_schedule: tuple[dict[str, Any], ...] = opt(factory=tuple, cli=False)
 
     def __post_init__(self) -> None:
+        # JSON gives lists; a tuple of plain dicts keeps the config comparable and its own copy.
+        object.__setattr__(self, "aug_schedule", tuple(dict(e) if isinstance(e, dict) else e
+                                                       for e in (self.aug_schedule or ())))
         validate(self)
+
+    def for_epoch(self, epoch: int) -> "TrainConfig":
+        """The config 0-based `epoch` trains with: the schedule's entry for it applied (self without one)."""
+        if not self.aug_schedule:
+            return self
+        entry = self.aug_schedule[schedule_index(epoch, self.epochs, len(self.aug_schedule))]
+        return self.replace(**entry, aug_schedule=())
+
+    def schedule_entry(self, epoch: int) -> dict[str, Any] | None:
+        """The values the schedule sets for 0-based `epoch` (what its metrics row records); None without one."""
+        if not self.aug_schedule:
+            return None
+        return dict(self.aug_schedule[schedule_index(epoch, self.epochs, len(self.aug_schedule))])
 
     @property
     def effective_max_lr(self) -> float:
@@ -167,7 +201,9 @@ class TrainConfig:
         return f"{REFERENCE_MAX_LR} x batch {self.batch_size}/{REFERENCE_BATCH}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["aug_schedule"] = [dict(e) for e in self.aug_schedule]  # JSON's form: a list compares equal after a round trip
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -259,6 +295,21 @@ def validate(cfg: TrainConfig) -> None:
         raise bad("pad", cfg.aug.pad, "must be <= 16 pixels")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         raise bad("name", cfg.name, "a run name must be a plain folder name")
+    for i, entry in enumerate(cfg.aug_schedule):
+        where = f"invalid --aug-schedule: entry {i + 1} (epoch {i + 1} of the schedule)"
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(f"{where} must be a non-empty object of field: value")
+        unknown = sorted(set(entry) - set(SCHEDULABLE))
+        if unknown:
+            raise ConfigError(f"{where}: {', '.join(unknown)} cannot be scheduled; the fields that can: "
+                              f"{', '.join(SCHEDULABLE)}")
+        for k, v in entry.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"{where}: {k} must be a number (got {v!r})")
+        try:
+            cfg.replace(**entry, aug_schedule=())
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -305,10 +356,43 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
 
 
 def config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> TrainConfig:
-    """Build the config: defaults, then `--config FILE`, then the flags that were given."""
+    """Build the config: defaults, then `--config FILE`, then the flags that were given (and the
+    schedule of `--aug-schedule FILE`, where the parser has that flag)."""
     cfg = load_config(args.config) if getattr(args, "config", None) is not None else TrainConfig()
-    changes = {**given_fields(args, TrainConfig, skip=skip + ("aug",)), **given_fields(args, AugConfig, skip=skip)}
+    changes = {**given_fields(args, TrainConfig, skip=skip + ("aug", "aug_schedule")),
+               **given_fields(args, AugConfig, skip=skip)}
+    if getattr(args, "aug_schedule", None) is not None:
+        changes["aug_schedule"] = load_schedule(args.aug_schedule)
     return cfg.replace(**changes) if changes else cfg
+
+
+def load_schedule(path: str | Path) -> tuple[dict[str, Any], ...]:
+    """The per-epoch values of a schedule file (a search's best/schedule.json: its "schedule" list of
+    {"epoch": 1, field: value, ...}, epochs 1..n in order); ConfigError with one line on any problem.
+    The values themselves are checked by TrainConfig (fields that can be scheduled, valid values)."""
+    path = Path(path)
+    where = f"--aug-schedule {path}"
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file; give a search's best/schedule.json "
+                          f"(written by `cifar-search --scheduler pbt`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{where} cannot be read as JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})")\
+            from None
+    entries = d.get("schedule") if isinstance(d, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: expected an object with a non-empty \"schedule\" list (one entry per epoch), "
+                          f"as a search's best/schedule.json has")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: schedule entry {i + 1} is not an object")
+        if entry.get("epoch") != i + 1:
+            raise ConfigError(f"{where}: schedule entry {i + 1} has epoch {entry.get('epoch')!r}; the entries must "
+                              f"be epochs 1..{len(entries)} in order")
+        out.append({k: v for k, v in entry.items() if k != "epoch"})
+    return tuple(out)
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -293,10 +293,12 @@ class CifarDataset(Dataset):
         epoch, first = divmod(int(keys[0]), n)
         pos = np.asarray(keys, dtype=np.int64) % n
         src = self.indices[pos]
-        if self.transform is not None:
-            if hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]))
-            batch = np.stack([self.transform(image=img)["image"] for img in self.images[src]])
+        # A schedule's transform (`augment.ScheduledTransform`) gives the one of this batch's epoch.
+        transform = self.transform.for_epoch(epoch) if hasattr(self.transform, "for_epoch") else self.transform
+        if transform is not None:
+            if hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]))
+            batch = np.stack([transform(image=img)["image"] for img in self.images[src]])
         else:
             batch = self.images[src]
         # Third item: positions in the source array, so predictions can name their images.

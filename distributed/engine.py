@@ -299,6 +299,17 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
             f"data wait {100 * row['data_wait_frac']:.0f}%")
 
 
+def apply_regularisers(epoch_cfg: TrainConfig, p: Pipeline) -> None:
+    """Set this epoch's dropout and weight decay on the model and optimiser (a schedule may change
+    them between epochs; the augmentation follows the epoch in the loader workers, l1 in the loss).
+    Both are plain attributes read at every step: nothing is rebuilt, no state is lost."""
+    for module in p.model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = epoch_cfg.dropout
+    for group in p.optimizer.param_groups:
+        group["weight_decay"] = epoch_cfg.weight_decay
+
+
 # ----------------------------------------------------------------------------- checkpoints
 # Auto checkpoints (--checkpoint-every 0): the work between two of them is at least this many times
 # what the last one took, so they cost under 1/50 = 2% of the run.
@@ -347,7 +358,8 @@ def _say(accelerator: Accelerator, line: str) -> None:
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochCallback | None = None,
         resume: bool = False, data: CifarArrays | None = None, evaluate_test: bool = True,
         progress: bool = True, accelerator: Accelerator | None = None,
-        stop: StopFlag | None = None, cli_options: dict[str, Any] | None = None) -> dict[str, Any]:
+        stop: StopFlag | None = None, cli_options: dict[str, Any] | None = None,
+        schedule_may_change: bool = False) -> dict[str, Any]:
     """Train ResNet18 on CIFAR-10 as `cfg` says into `run_dir` (default runs_dir/name); return the summary.
 
     callback:      called on every process after each epoch is logged (Tune reports here).
@@ -360,6 +372,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     progress:      progress bars on a terminal (train.py); a search trial's output goes to a file.
     cli_options:   command-line choices that are not config fields (e.g. --no-report), kept in
                    config.json under "cli" so that `--resume` remembers them.
+    schedule_may_change: a resume may bring another `cfg.aug_schedule` than config.json's, applied from
+                   the checkpoint's epoch on (a PBT trial after an exploit); any other change is refused.
 
     The run directory is created when the first epoch ends: a run that fails or is stopped before
     that leaves nothing behind, and its name stays free.
@@ -369,7 +383,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, callback: EpochC
     accelerator = accelerator or build_accelerator(cfg, run_dir)
     writer = RunWriter(run_dir, accelerator.is_main_process)
     log = functools.partial(_say, accelerator)
-    finished = writer.start(cfg.to_dict(), resume)
+    finished = writer.start(cfg.to_dict(), resume, may_change=("aug_schedule",) if schedule_may_change else ())
     if finished is not None:
         log(f"{writer.run_dir} is already complete; nothing to resume")
         return finished
@@ -418,11 +432,16 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     checkpoints = CheckpointClock(cfg, accelerator)
     for epoch in range(state.epoch, cfg.epochs):
         steps: list[dict[str, Any]] = []
+        epoch_cfg = cfg.for_epoch(epoch)  # the schedule's values for this epoch (cfg without one)
+        if cfg.aug_schedule:
+            apply_regularisers(epoch_cfg, p)
         try:
             row = {"epoch": epoch + 1,
-                   **train_one_epoch(cfg, accelerator, p, scheduler, epoch, progress, steps, should_stop)}
+                   **train_one_epoch(epoch_cfg, accelerator, p, scheduler, epoch, progress, steps, should_stop)}
         except Preempted as e:  # add what a --resume continues from
             raise Preempted(e.signal_name, e.epoch, resume_epoch) from None
+        if cfg.aug_schedule:
+            row["schedule"] = cfg.schedule_entry(epoch)  # what this epoch trained with, read back by reports
         _validate_and_step(cfg, accelerator, p, scheduler, row, progress)
         writer.write_config(meta)  # the run directory appears with its first finished epoch
         # Before the checkpoint: a kill after it is resumed from the previous checkpoint, whose

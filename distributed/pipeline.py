@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, parse_flag_from_env, set_seed
 from torch import nn
 
-from distributed.augment import ModelInput, build_train_transform
+from distributed.augment import ModelInput, build_run_transform
 from distributed.config import ConfigError, TrainConfig
 from distributed.data import CifarArrays, CifarDataset, Split, channel_stats, load_cifar10, make_loader, make_split
 from distributed.model import resnet18
@@ -242,7 +242,7 @@ def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays
         raise ConfigError(f"invalid --batch-size {cfg.batch_size}: larger than the {len(split.train)} training "
                           f"images; lower it or raise --subset")
     workers = auto_workers(cfg, accelerator)
-    train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_train_transform(cfg.aug, mean), cfg.seed)
+    train_ds = CifarDataset(data.train_x, data.train_y, split.train, build_run_transform(cfg, mean), cfg.seed)
     train_loader = make_loader(train_ds, cfg.batch_size // n, shuffle=True, seed=cfg.seed, num_workers=workers,
                                drop_last=True, pin_memory=accelerator.device.type == "cuda")
     test_loader = eval_loader(cfg, accelerator, data.test_x, data.test_y, split.test)

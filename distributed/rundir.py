@@ -344,10 +344,11 @@ class RunWriter:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- before training
-    def start(self, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    def start(self, config: dict[str, Any], resume: bool, may_change: tuple[str, ...] = ()) -> dict[str, Any] | None:
         """Check the folder before anything is built: refuse to reuse a run without `resume`, and on
-        resume refuse a config that would change the result. Returns the summary of an already
-        finished run (resume), else None. Reads only, on every process, so all ranks stop alike."""
+        resume refuse a config that would change the result (but for the fields in `may_change`).
+        Returns the summary of an already finished run (resume), else None. Reads only, on every
+        process, so all ranks stop alike."""
         saved = self.path(CONFIG)
         if saved.exists() and not resume:
             if not checkpoint_dirs(self.run_dir) and not self.path(SUMMARY).exists():
@@ -358,7 +359,8 @@ class RunWriter:
         if saved.exists():
             before = _with_defaults(read_json(saved)["config"])
             diff = sorted(k for k in set(before) | set(config)
-                          if before.get(k) != config.get(k) and k not in RESUMABLE_CHANGES)
+                          if before.get(k) != config.get(k) and k not in RESUMABLE_CHANGES
+                          and k not in may_change)
             if diff:
                 raise ConfigError(f"--resume with a config that differs from {saved} in: {', '.join(diff)}; "
                                   f"resume with the run's own settings or start a new --name")

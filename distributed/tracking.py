@@ -67,6 +67,7 @@ def log_epoch(accelerator, row: dict[str, Any], steps: list[dict[str, Any]]) -> 
     for s in steps:
         accelerator.log({"step/loss": s["loss"], "step/lr": s["lr"]}, step=s["step"])
     values = {f"epoch/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    values.update({f"schedule/{k}": float(v) for k, v in (row.get("schedule") or {}).items()})
     accelerator.log(values, step=steps[-1]["step"] if steps else int(row["epoch"]))
 
 
