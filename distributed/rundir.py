@@ -546,11 +546,11 @@ class RunWriter:
                 link_or_copy(source / BEST_WEIGHTS, tmp)
         else:
             _remove(self.path(BEST_WEIGHTS))
-        for name in (FINAL_WEIGHTS, SUMMARY, PREDICTIONS):
-            _remove(self.path(name))
-        for name in (METRICS, STEPS):
-            rows = read_jsonl(source / name)
-            with atomic_path(self.path(name)) as tmp:
+        for stale in (FINAL_WEIGHTS, SUMMARY, PREDICTIONS):
+            _remove(self.path(stale))
+        for rows_file in (METRICS, STEPS):
+            rows = read_jsonl(source / rows_file)
+            with atomic_path(self.path(rows_file)) as tmp:
                 tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
         meta = read_json(source / CONFIG)
         meta["config"]["name"] = name

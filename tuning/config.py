@@ -126,8 +126,9 @@ class SearchConfig:
         asha = [f"--{k.replace('_', '-')} {getattr(self, k)}" for k, default in
                 (("grace_period", 1), ("reduction_factor", 2)) if getattr(self, k) != default]
         if asha:
-            raise ConfigError(f"{' and '.join(asha)}: ASHA settings, but --scheduler pbt stops no trial early; "
-                              f"drop them or use --scheduler asha")
+            what = "an ASHA setting" if len(asha) == 1 else "ASHA settings"
+            raise ConfigError(f"{' and '.join(asha)}: {what}, but --scheduler pbt stops no trial early; "
+                              f"drop {'it' if len(asha) == 1 else 'them'} or use --scheduler asha")
         if self.num_samples < 2:
             raise ConfigError(f"invalid --num-samples {self.num_samples} with --scheduler pbt: a population needs "
                               f"at least 2 trials (one to copy, one to copy from)")

@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distributed import rundir
-from distributed.config import ConfigError, TrainConfig
+from distributed.config import SCHEDULE_KIND, ConfigError, TrainConfig
 from distributed.rundir import RunWriter
 from tuning import space as space_mod
 
 ORIGIN = "origin.json"              # in a checkpoint reported to Tune: {"trial": id, "epoch": k}
 SCHEDULE_FILE = "schedule.json"     # in the search's best/
-SCHEDULE_KIND = "cifar-lab augmentation schedule"
 # Tune's copies of the checkpoints a trial reports (search-<name>/ray/<trial>/checkpoint_*) kept per
 # trial. PBT hands a donor's *last reported* checkpoint to a recipient that restarts when a slot is
 # free: with fewer than 3 kept, the donor's next reports may delete it first (PBT warns at <= 2). 4

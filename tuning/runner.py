@@ -153,13 +153,14 @@ def _fit_and_report(job: dict[str, Any]) -> None:
     from distributed.engine import EpochReport, NonFiniteLossError, fit
 
     reported = []
-    interval = job.get("pbt_interval", 0)
+    interval, epochs = job.get("pbt_interval", 0), job["cfg"]["epochs"]
     run_dir = Path(job["run_dir"])
 
     def callback(r: EpochReport) -> None:
         reported.append(r.epoch)
-        if interval and r.checkpoint is not None and r.epoch % interval == 0:
+        if interval and r.checkpoint is not None and r.epoch % interval == 0 and r.epoch < epochs:
             # PBT: at every perturbation epoch the state a recipient adopts if this trial is copied.
+            # Not after the last epoch: a copy made there would train no further, only cost a restart.
             staged = pbt.export_checkpoint(run_dir, r.epoch, job["trial_id"])
             try:
                 report(_metrics_for_tune(r.metrics), checkpoint=ray.tune.Checkpoint.from_directory(str(staged)))
