@@ -1,4 +1,4 @@
-"""Population Based Training (`--scheduler pbt`, tuning/pbt.py): real searches on tiny synthetic CIFAR, CPU only.
+"""Population Based Training (`--search-scheduler pbt`, tuning/pbt.py): real searches on tiny synthetic CIFAR, CPU only.
 
 One search is shared by most assertions (module fixture): 4 trials x 4 epochs, perturbation after every
 epoch, quantile 0.5 (the bottom 2 of 4 copy the top 2 at each perturbation: exploits are certain
@@ -216,7 +216,7 @@ def test_ctrl_c_then_resume_finishes_a_pbt_search(fake_cifar, tmp_path):
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
-           "--data-dir", str(fake_cifar), "--scheduler", "pbt", "--quantile-fraction", "0.5", "--num-samples", "2",
+           "--data-dir", str(fake_cifar), "--search-scheduler", "pbt", "--quantile-fraction", "0.5", "--num-samples", "2",
            "--epochs", "3", "--num-cpus", "2", "--space", str(space), "--no-report", *SMALL_FLAGS]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     sdir = tmp_path / "search-res"
@@ -261,8 +261,8 @@ def test_pbt_settings_are_checked_in_one_line():
     bad = [(dict(scheduler="pbt", grace_period=2), "--grace-period 2: an ASHA setting"),
            (dict(scheduler="pbt", reduction_factor=3), "--reduction-factor 3: an ASHA setting"),
            (dict(scheduler="pbt", num_samples=1), "at least 2 trials"),
-           (dict(scheduler="pbt", workers_per_trial=2), "--workers-per-trial 1 or --scheduler asha"),
-           (dict(scheduler="bohb"), "--scheduler"), (dict(perturbation_interval=0), "--perturbation-interval"),
+           (dict(scheduler="pbt", workers_per_trial=2), "--workers-per-trial 1 or --search-scheduler asha"),
+           (dict(scheduler="bohb"), "--search-scheduler"), (dict(perturbation_interval=0), "--perturbation-interval"),
            (dict(quantile_fraction=0.6), "--quantile-fraction"), (dict(quantile_fraction=0.0), "--quantile-fraction"),
            (dict(resample_probability=1.5), "--resample-probability")]
     for kw, words in bad:

@@ -37,7 +37,9 @@ class SearchConfig:
                                  "Based Training, every trial runs all epochs and the weakest copy the strongest's "
                                  "weights, optimiser and schedule position, then perturb the augmentation, dropout "
                                  "and weight decay: the best trial's schedule goes to best/schedule.json",
-                         choices=SCHEDULERS)
+                         # --scheduler is the training's learning-rate schedule (every training flag is a
+                         # search flag too), as --seed is the training's seed and --search-seed the sampler's.
+                         choices=SCHEDULERS, flag="--search-scheduler")
     grace_period: int = opt(1, "ASHA: epochs every trial gets before it may be stopped")
     reduction_factor: int = opt(2, "ASHA: keep the best 1/N of the trials at each rung (a count, >= 2)")
     perturbation_interval: int = opt(1, "PBT: epochs between two exploit/explore steps of a trial")
@@ -110,7 +112,7 @@ class SearchConfig:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise bad("num-cpus", self.num_cpus, "must be >= 1")
         if self.scheduler not in SCHEDULERS:
-            raise bad("scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
+            raise bad("search-scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
         if self.perturbation_interval < 1:
             raise bad("perturbation-interval", self.perturbation_interval, "must be >= 1 (epochs)")
         if not (math.isfinite(self.quantile_fraction) and 0.0 < self.quantile_fraction <= 0.5):
@@ -122,21 +124,21 @@ class SearchConfig:
             self._check_pbt()
 
     def _check_pbt(self) -> None:
-        """What --scheduler pbt cannot do, in one line each."""
+        """What --search-scheduler pbt cannot do, in one line each."""
         asha = [f"--{k.replace('_', '-')} {getattr(self, k)}" for k, default in
                 (("grace_period", 1), ("reduction_factor", 2)) if getattr(self, k) != default]
         if asha:
             what = "an ASHA setting" if len(asha) == 1 else "ASHA settings"
-            raise ConfigError(f"{' and '.join(asha)}: {what}, but --scheduler pbt stops no trial early; "
-                              f"drop {'it' if len(asha) == 1 else 'them'} or use --scheduler asha")
+            raise ConfigError(f"{' and '.join(asha)}: {what}, but --search-scheduler pbt stops no trial early; "
+                              f"drop {'it' if len(asha) == 1 else 'them'} or use --search-scheduler asha")
         if self.num_samples < 2:
-            raise ConfigError(f"invalid --num-samples {self.num_samples} with --scheduler pbt: a population needs "
+            raise ConfigError(f"invalid --num-samples {self.num_samples} with --search-scheduler pbt: a population needs "
                               f"at least 2 trials (one to copy, one to copy from)")
         if self.workers_per_trial > 1:
             # A DDP trial is a Ray Train run inside the Tune trial; handing its checkpoint to another
             # trial (and adopting one) would go through Ray Train's own checkpoint storage.
-            raise ConfigError(f"--workers-per-trial {self.workers_per_trial} with --scheduler pbt: PBT trials run "
-                              f"in one process each; use --workers-per-trial 1 or --scheduler asha")
+            raise ConfigError(f"--workers-per-trial {self.workers_per_trial} with --search-scheduler pbt: PBT trials run "
+                              f"in one process each; use --workers-per-trial 1 or --search-scheduler asha")
 
     def gpus(self) -> float:
         """GPUs per trial process, `None` resolved against this machine."""

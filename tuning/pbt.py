@@ -1,4 +1,4 @@
-"""Population Based Training (`--scheduler pbt`): what changes during training, how a trial hands its
+"""Population Based Training (`--search-scheduler pbt`): what changes during training, how a trial hands its
 state to another, and the learned schedule the search leaves in best/schedule.json.
 
 Ray Tune's `PopulationBasedTraining` decides: every `perturbation_interval` epochs a trial in the
@@ -94,7 +94,7 @@ def check_space(space: dict[str, Any]) -> list[str]:
     if not fields:
         from distributed.config import SCHEDULABLE
 
-        raise ConfigError("--scheduler pbt: the search space has no field PBT may perturb; give a range to at "
+        raise ConfigError("--search-scheduler pbt: the search space has no field PBT may perturb; give a range to at "
                           f"least one of {', '.join(sorted(set(SCHEDULABLE) - {'l1'}))} (--space FILE)")
     return fields
 

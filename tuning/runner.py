@@ -5,7 +5,7 @@
 Each trial is the same `fit` the CLI runs; only its per-epoch callback differs (it reports to Tune).
 With `workers_per_trial > 1` a trial is a Ray Train V2 `TorchTrainer` (DDP over N workers, Accelerate
 inside each) launched from the Tune trial, whose rank-0 reports reach Tune via `TuneReportCallback`.
-With `--scheduler pbt` (tuning/pbt.py) every trial runs in one process, reports a checkpoint at each
+With `--search-scheduler pbt` (tuning/pbt.py) every trial runs in one process, reports a checkpoint at each
 perturbation epoch, and on a restart with another trial's checkpoint (an exploit) adopts it first.
 
 Layout (see distributed/rundir.py):
