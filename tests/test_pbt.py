@@ -354,9 +354,10 @@ def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
 
 
 def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):
-    """c copied b after epoch 3; b had copied a after epoch 2 (and again after epoch 4, later than
-    the state c took); a had copied x after epoch 1. c's weights went through x, a, b: the chain lists
-    those three exploits, oldest first, and not b's later one."""
+    """c copied x after epoch 1, then b after epoch 3 (which replaced what it had); b had copied a
+    after epoch 2 (and again after epoch 4, later than the state c took); a had copied x after epoch
+    1. c's weights went through x, a, b: the chain lists those three exploits, oldest first, neither
+    c's first exploit nor b's later one."""
     from tuning import pbt
 
     def lineage(trial: str, *rows: tuple[int, str]) -> None:
@@ -366,7 +367,7 @@ def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):
 
     lineage("a", (1, "x"))
     lineage("b", (2, "a"), (4, "a"))
-    lineage("c", (3, "b"))
+    lineage("c", (1, "x"), (3, "b"))
     lineage("x")
     assert pbt.lineage_chain(tmp_path, "c") == [{"epoch": 1, "trial": "a", "donor": "x"},
                                                 {"epoch": 2, "trial": "b", "donor": "a"},
