@@ -134,8 +134,8 @@ def train_parser() -> argparse.ArgumentParser:
                              "CIFAR_LAB_DEBUG=1 does the same (default: off)")
     parser.add_argument("--aug-schedule", type=Path, default=None, metavar="FILE",
                         help="train with a per-epoch schedule of augmentation, dropout and weight decay: a PBT "
-                             "search's best/schedule.json (cifar-search --search-scheduler pbt), stretched over --epochs "
-                             "(default: the fixed values of the flags)")
+                             "search's best/schedule.json (cifar-search --search-scheduler pbt), stretched over "
+                             "--epochs (default: the fixed values of the flags)")
     parser.add_argument("--find-lr", action="store_true",
                         help="run the LR range test first (100 steps; lr_find.json) and train with its "
                              "suggested max_lr (or with --max-lr when given)")

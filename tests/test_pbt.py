@@ -1,4 +1,5 @@
-"""Population Based Training (`--search-scheduler pbt`, tuning/pbt.py): real searches on tiny synthetic CIFAR, CPU only.
+"""Population Based Training (`--search-scheduler pbt`, tuning/pbt.py): real searches on tiny synthetic
+CIFAR, CPU only.
 
 One search is shared by most assertions (module fixture): 4 trials x 4 epochs, perturbation after every
 epoch, quantile 0.5 (the bottom 2 of 4 copy the top 2 at each perturbation: exploits are certain
@@ -107,6 +108,10 @@ def pbt_run(ray_session, fake_cifar, tmp_path_factory):  # noqa: F811
     shutil.rmtree(runs, ignore_errors=True)  # ~3 GB of kept checkpoints
 
 
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def _lineage(sdir: Path) -> dict[str, list[dict]]:
     return {t.name: rundir.read_jsonl(t / "lineage.jsonl") for t in (sdir / "trials").iterdir()}
 
@@ -128,7 +133,8 @@ def test_a_pbt_population_finishes_with_exploits(pbt_run):
                                            "resample_probability", "perturbed")} == \
         {"scheduler": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.25,
          "perturbed": PERTURBED}
-    assert info["summary"]["exploits"] == exploits and info["summary"]["schedule"] == str(sdir / "best" / "schedule.json")
+    assert info["summary"]["exploits"] == exploits
+    assert info["summary"]["schedule"] == str(sdir / "best" / "schedule.json")
     progress = [x for x in pbt_run.out.splitlines() if x.startswith("[")]
     assert progress[-1].endswith(f"| {exploits} exploits"), progress[-1]
     assert f"| {exploits} exploits |" in pbt_run.out.strip().splitlines()[-1]
@@ -216,8 +222,8 @@ def test_ctrl_c_then_resume_finishes_a_pbt_search(fake_cifar, tmp_path):
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
-           "--data-dir", str(fake_cifar), "--search-scheduler", "pbt", "--quantile-fraction", "0.5", "--num-samples", "2",
-           "--epochs", "3", "--num-cpus", "2", "--space", str(space), "--no-report", *SMALL_FLAGS]
+           "--data-dir", str(fake_cifar), "--search-scheduler", "pbt", "--quantile-fraction", "0.5",
+           "--num-samples", "2", "--epochs", "3", "--num-cpus", "2", "--space", str(space), "--no-report", *SMALL_FLAGS]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     sdir = tmp_path / "search-res"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -308,7 +314,8 @@ def test_a_perturbed_value_is_clipped_into_the_space():
     assert explore({"flip_p": 0.45 * 1.2, "cutout_max": 20 * 1.2, "weight_decay": 2e-3 * 1.2, "dropout": -0.1,
                     "max_lr": 9.0}) == {"flip_p": 0.5, "cutout_max": 20, "weight_decay": 2e-3, "dropout": 0.0,
                                         "max_lr": 9.0}
-    assert explore({"cutout_max": 7.4})["cutout_max"] == 8 and isinstance(explore({"cutout_max": 9.6})["cutout_max"], int)
+    assert explore({"cutout_max": 7.4})["cutout_max"] == 8
+    assert isinstance(explore({"cutout_max": 9.6})["cutout_max"], int)
     rng = random.Random(0)
     for _ in range(200):
         v = explore({"cutout_p": rng.uniform(0, 0.7) * rng.choice([0.8, 1.2])})["cutout_p"]
@@ -329,8 +336,8 @@ def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
             (ck / "model.safetensors").write_text(f"{payload}{e}")
             rundir.write_json(ck / rundir.TRAINER_STATE, {"epoch": e})
         (d / "best.safetensors").write_text(f"{payload}-best")
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "who": name}) + "\n" for e in range(1, epochs + 1)))
-        (d / "steps.jsonl").write_text("".join(json.dumps({"step": e, "epoch": e}) + "\n" for e in range(1, epochs + 1)))
+        _jsonl(d / "metrics.jsonl", [{"epoch": e, "who": name} for e in range(1, epochs + 1)])
+        _jsonl(d / "steps.jsonl", [{"step": e, "epoch": e} for e in range(1, epochs + 1)])
         rundir.write_json(d / "config.json", {"config": {"name": name, "max_lr": 0.1}})
         rundir.write_json(d / "params.json", {"flip_p": 0.1})
         return d
@@ -362,8 +369,8 @@ def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):
 
     def lineage(trial: str, *rows: tuple[int, str]) -> None:
         (tmp_path / trial).mkdir()
-        (tmp_path / trial / "lineage.jsonl").write_text(
-            "".join(json.dumps({"epoch": e, "donor": d, "before": {}, "after": {}, "time": ""}) + "\n" for e, d in rows))
+        _jsonl(tmp_path / trial / "lineage.jsonl",
+               [{"epoch": e, "donor": d, "before": {}, "after": {}, "time": ""} for e, d in rows])
 
     lineage("a", (1, "x"))
     lineage("b", (2, "a"), (4, "a"))

@@ -132,13 +132,13 @@ class SearchConfig:
             raise ConfigError(f"{' and '.join(asha)}: {what}, but --search-scheduler pbt stops no trial early; "
                               f"drop {'it' if len(asha) == 1 else 'them'} or use --search-scheduler asha")
         if self.num_samples < 2:
-            raise ConfigError(f"invalid --num-samples {self.num_samples} with --search-scheduler pbt: a population needs "
-                              f"at least 2 trials (one to copy, one to copy from)")
+            raise ConfigError(f"invalid --num-samples {self.num_samples} with --search-scheduler pbt: a population "
+                              f"needs at least 2 trials (one to copy, one to copy from)")
         if self.workers_per_trial > 1:
             # A DDP trial is a Ray Train run inside the Tune trial; handing its checkpoint to another
             # trial (and adopting one) would go through Ray Train's own checkpoint storage.
-            raise ConfigError(f"--workers-per-trial {self.workers_per_trial} with --search-scheduler pbt: PBT trials run "
-                              f"in one process each; use --workers-per-trial 1 or --search-scheduler asha")
+            raise ConfigError(f"--workers-per-trial {self.workers_per_trial} with --search-scheduler pbt: PBT trials "
+                              f"run in one process each; use --workers-per-trial 1 or --search-scheduler asha")
 
     def gpus(self) -> float:
         """GPUs per trial process, `None` resolved against this machine."""

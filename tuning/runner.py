@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -337,8 +338,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
               f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
               f"{rundir.TRAIN_LOG}", flush=True)
         info: dict[str, Any] = {
-            "name": search.name, "search": {**_search_settings(search), **({"perturbed": perturbed} if perturbed else {})},
-            "space": space,
+            "name": search.name, "space": space,
+            "search": {**_search_settings(search), **({"perturbed": perturbed} if perturbed else {})},
             "space_at_batch": trial_space, "base_config": base_cfg.to_dict(),
             "cli": cli_options or saved.get("cli") or {}, "metric": METRIC, "mode": MODE, "status": "running",
             "started": saved.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
@@ -368,7 +369,11 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
                 # PBT draws its quantile partners and perturbations with Python's `random`, in this
                 # process: seeded, a search repeats its choices as far as the trials' timing allows.
                 random.seed(search.seed)
-            grid = tuner.fit()
+            with warnings.catch_warnings():
+                # Tune suggests reusing actors with PBT; each trial keeps a process of its own (fit's
+                # Accelerator state, the trial's output redirected to its train.log).
+                warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+                grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
         if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
             for t in trials:
@@ -403,8 +408,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         "test_acc": best_summary["test_acc"] if best_summary else None,
         "interrupted": interrupted,
         "disk_bytes": rundir.disk_bytes(search_dir),
-        **({"exploits": pbt.count_exploits(search_dir), "schedule": str(schedule) if schedule else None}
-           if perturbed else {}),
+        **({"exploits": pbt.count_exploits(search_dir)} if perturbed else {}),
+        **({"schedule": str(schedule)} if schedule else {}),
     }
     if search.refit and best is not None and not interrupted:
         # search.json says a refit is under way before it starts: a search killed during it is
