@@ -154,12 +154,12 @@ def _fit_and_report(job: dict[str, Any]) -> None:
     from distributed.engine import EpochReport, NonFiniteLossError, fit
 
     reported = []
-    interval, epochs = job.get("pbt_interval", 0), job["cfg"]["epochs"]
+    interval, total_epochs = job.get("pbt_interval", 0), job["cfg"]["epochs"]
     run_dir = Path(job["run_dir"])
 
     def callback(r: EpochReport) -> None:
         reported.append(r.epoch)
-        if interval and r.checkpoint is not None and r.epoch % interval == 0 and r.epoch < epochs:
+        if interval and r.checkpoint is not None and r.epoch % interval == 0 and r.epoch < total_epochs:
             # PBT: at every perturbation epoch the state a recipient adopts if this trial is copied.
             # Not after the last epoch: a copy made there would train no further, only cost a restart.
             staged = pbt.export_checkpoint(run_dir, r.epoch, job["trial_id"])
