@@ -381,3 +381,23 @@ def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):
                                                 {"epoch": 3, "trial": "c", "donor": "b"}]
     assert pbt.lineage_chain(tmp_path, "x") == []
     assert pbt.lineage_chain(tmp_path, "b", upto=1) == []
+
+
+def test_a_refit_after_pbt_replays_the_learned_schedule(tmp_path):
+    """--refit after a PBT search trains the best trial's fixed params (max_lr, ...) with its
+    schedule.json, not with the last perturbed values held constant."""
+    from distributed.config import TrainConfig
+    from tuning import pbt
+    from tuning.runner import refit_config
+
+    (tmp_path / "best").mkdir()
+    entries = [{"cutout_p": 0.1, "flip_p": 0.0, "weight_decay": 1e-4}, {"cutout_p": 0.5, "flip_p": 0.4,
+                                                                         "weight_decay": 2e-4}]
+    rundir.write_json(tmp_path / "best" / "schedule.json",
+                      {"schedule": [{"epoch": i + 1, **e} for i, e in enumerate(entries)]})
+    best = {"params": {"max_lr": 0.02, "flip_p": 0.4, "cutout_p": 0.5, "weight_decay": 2e-4, "l1": 0.0}}
+    specs = {k: SPACE[k] for k in pbt.perturbed_fields(SPACE)}
+    cfg = refit_config(TrainConfig(epochs=4), best, tmp_path, specs)
+    assert [dict(e) for e in cfg.aug_schedule] == entries and cfg.max_lr == 0.02
+    assert (cfg.val_size, cfg.name, cfg.checkpoint_every) == (0, "refit", TrainConfig().checkpoint_every)
+    assert refit_config(TrainConfig(epochs=4), best, tmp_path).aug_schedule == ()  # ASHA: as before

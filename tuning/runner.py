@@ -417,7 +417,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         summary["refit"] = {"status": "running", "run_dir": str(search_dir / rundir.REFIT)}
         info.update(status="refitting", wall_seconds=wall, summary=summary)
         rundir.write_json(search_dir / rundir.SEARCH_JSON, info)
-        summary["refit"] = refit_best(base_cfg, best, search_dir, data)
+        summary["refit"] = refit_best(base_cfg, best, search_dir, data,
+                                      {k: trial_space[k] for k in perturbed} if perturbed else None)
         interrupted = summary["interrupted"] = summary["refit"]["status"] == "interrupted"
     info.update(status="interrupted" if interrupted else "finished", wall_seconds=wall, summary=summary,
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -426,21 +427,32 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     return summary
 
 
-def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path) -> TrainConfig:
+def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path,
+                 pbt_specs: dict[str, Any] | None = None) -> TrainConfig:
     """The best trial's configuration (the base config with its sampled params, what the trial trained
-    with) on every training image: no validation split, the full --epochs, run dir search_dir/refit."""
-    return space_mod.apply_params(base_cfg, best["params"]).replace(name=rundir.REFIT, runs_dir=str(search_dir),
-                                                                    val_size=0)
+    with) on every training image: no validation split, the full --epochs, run dir search_dir/refit.
+    After a PBT search (`pbt_specs`: the perturbed fields' specs) the perturbed fields follow the
+    best trial's learned schedule, best/schedule.json, stretched over --epochs."""
+    if pbt_specs:
+        from distributed.config import load_schedule
+
+        cfg = pbt.trial_config(base_cfg, best["params"], pbt_specs, 1).replace(
+            aug_schedule=load_schedule(search_dir / rundir.BEST_TRIAL / pbt.SCHEDULE_FILE),
+            checkpoint_every=base_cfg.checkpoint_every)
+    else:
+        cfg = space_mod.apply_params(base_cfg, best["params"])
+    return cfg.replace(name=rundir.REFIT, runs_dir=str(search_dir), val_size=0)
 
 
-def refit_best(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path, data: Any) -> dict[str, Any]:
+def refit_best(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path, data: Any,
+               pbt_specs: dict[str, Any] | None = None) -> dict[str, Any]:
     """`--refit`: `fit` the best configuration again on all training images in search_dir/refit/ and test
     it once. Resumes that run when it was interrupted (and returns a finished one's result as it is).
     Its output goes to refit/train.log, like a trial's. Returns what the search summary keeps: status
     (finished | interrupted | failed), test accuracy as the run reports it and plain/TTA, images, seconds."""
     from distributed.engine import Preempted, fit
 
-    cfg = refit_config(base_cfg, best, search_dir)
+    cfg = refit_config(base_cfg, best, search_dir, pbt_specs)
     run_dir = search_dir / rundir.REFIT
     out: dict[str, Any] = {"run_dir": str(run_dir), "trial_id": best["trial_id"], "epochs": cfg.epochs}
     resumed = rundir.checkpoint_dirs(run_dir)
