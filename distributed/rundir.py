@@ -49,8 +49,14 @@
                          sampled config was refused: a retry would fail again), failed.json
                          ({"error": reason, "epoch"}); once a trial has ended, its epoch checkpoints
                          and final weights are removed (best weights and small files stay) unless
-                         --keep-trial-checkpoints
-      best/              the best trial in the layout above, test-evaluated once
+                         --keep-trial-checkpoints. A PBT trial (--search-scheduler pbt) also has
+                         lineage.jsonl: one row per exploit it adopted, {"epoch": k (the donor's
+                         checkpoint; training went on with k+1), "donor": id, "before"/"after": the
+                         perturbed fields' values, "time"}; its rows of epochs <= k are then the donor's
+      best/              the best trial in the layout above, test-evaluated once; after a PBT search
+                         also schedule.json (tuning/pbt.py: the values per epoch, --aug-schedule's input)
+      ray/               Tune's experiment (--resume); in a PBT search also Tune's copies of the
+                         checkpoints trials hand to each other (checkpoint_*/, removed once unneeded)
       refit/             with --refit: the best trial's configuration trained again on every training
                          image (--val-size 0) for the full epochs, a run directory in the layout above
                          (train.log holds its output)
