@@ -134,8 +134,8 @@ def train_parser() -> argparse.ArgumentParser:
                              "CIFAR_LAB_DEBUG=1 does the same (default: off)")
     parser.add_argument("--aug-schedule", type=Path, default=None, metavar="FILE",
                         help="train with a per-epoch schedule of augmentation, dropout and weight decay: a PBT "
-                             "search's best/schedule.json (cifar-search --scheduler pbt), stretched over --epochs "
-                             "(default: the fixed values of the flags)")
+                             "search's best/schedule.json (cifar-search --search-scheduler pbt), stretched over "
+                             "--epochs (default: the fixed values of the flags)")
     parser.add_argument("--find-lr", action="store_true",
                         help="run the LR range test first (100 steps; lr_find.json) and train with its "
                              "suggested max_lr (or with --max-lr when given)")
@@ -390,7 +390,7 @@ def search_parser() -> argparse.ArgumentParser:
     from distributed.config import add_config_arguments, add_dataclass_arguments
     from tuning.config import SearchConfig
 
-    parser = _Parser(description="Ray Tune search over the ResNet18 recipe (ASHA, best trial tested once).")
+    parser = _Parser(description="Ray Tune search over the ResNet18 recipe (ASHA or PBT, best trial tested once).")
     group = parser.add_argument_group("search")
     add_dataclass_arguments(group, SearchConfig, prefix="search_")
     group.add_argument("--space", type=Path, default=None, metavar="FILE",
@@ -428,7 +428,8 @@ def search(argv: list[str] | None = None) -> int:
         if settings.resume:  # the search's own settings; only where and how it runs may change
             search_dir = search_dir_for(base_cfg, settings.name)
             base_cfg, saved = load_saved_search(search_dir)
-            keep = ("num_samples", "grace_period", "reduction_factor", "gpus_per_trial", "cpus_per_trial",
+            keep = ("num_samples", "scheduler", "grace_period", "reduction_factor", "perturbation_interval",
+                    "quantile_fraction", "resample_probability", "gpus_per_trial", "cpus_per_trial",
                     "workers_per_trial", "seed", "space")
             remembered = ("keep_trial_checkpoints", "refit")  # unless typed again
             settings = dataclasses.replace(settings, **{k: saved[k] for k in keep if k in saved},

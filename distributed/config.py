@@ -376,7 +376,7 @@ def load_schedule(path: str | Path) -> tuple[dict[str, Any], ...]:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file; give a search's best/schedule.json "
-                          f"(written by `cifar-search --scheduler pbt`)") from None
+                          f"(written by `cifar-search --search-scheduler pbt`)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{where} cannot be read as JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})")\
             from None

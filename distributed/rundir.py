@@ -49,8 +49,14 @@
                          sampled config was refused: a retry would fail again), failed.json
                          ({"error": reason, "epoch"}); once a trial has ended, its epoch checkpoints
                          and final weights are removed (best weights and small files stay) unless
-                         --keep-trial-checkpoints
-      best/              the best trial in the layout above, test-evaluated once
+                         --keep-trial-checkpoints. A PBT trial (--search-scheduler pbt) also has
+                         lineage.jsonl: one row per exploit it adopted, {"epoch": k (the donor's
+                         checkpoint; training went on with k+1), "donor": id, "before"/"after": the
+                         perturbed fields' values, "time"}; its rows of epochs <= k are then the donor's
+      best/              the best trial in the layout above, test-evaluated once; after a PBT search
+                         also schedule.json (tuning/pbt.py: the values per epoch, --aug-schedule's input)
+      ray/               Tune's experiment (--resume); in a PBT search also Tune's copies of the
+                         checkpoints trials hand to each other (checkpoint_*/, removed once unneeded)
       refit/             with --refit: the best trial's configuration trained again on every training
                          image (--val-size 0) for the full epochs, a run directory in the layout above
                          (train.log holds its output)
@@ -98,6 +104,7 @@ PARAMS = "params.json"            # a trial's sampled hyperparameters, in its ru
 ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it resumed from
 FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
 TRAIN_LOG = "train.log"           # a trial's own output
+LINEAGE = "lineage.jsonl"         # a PBT trial's exploits: one row per donor state it adopted
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -525,6 +532,40 @@ class RunWriter:
                 _remove(path)
         return freed
 
+    # -- a PBT trial (tuning/pbt.py)
+    def adopt(self, source: Path, name: str) -> None:
+        """Become another run's copy at one epoch (a PBT exploit): `source` holds that run's epoch
+        checkpoint (checkpoints/epoch_NNNN), its best weights if any, its metrics and steps rows up to
+        that epoch and its config.json. This run's checkpoints, best and final weights, rows, summary
+        and config are replaced (config.json keeps this run's `name`); train.log, attempts.jsonl,
+        params.json and lineage.jsonl stay. Each file is replaced atomically; a kill in between is
+        repaired by adopting again."""
+        if not self.is_main:
+            return
+        source = Path(source)
+        with atomic_path(self.path(CHECKPOINTS)) as tmp:
+            tmp.mkdir()
+            for src in checkpoint_dirs(source):
+                shutil.copytree(src, tmp / src.name, copy_function=link_or_copy)
+        if (source / BEST_WEIGHTS).exists():
+            with atomic_path(self.path(BEST_WEIGHTS)) as tmp:
+                link_or_copy(source / BEST_WEIGHTS, tmp)
+        else:
+            _remove(self.path(BEST_WEIGHTS))
+        for stale in (FINAL_WEIGHTS, SUMMARY, PREDICTIONS):
+            _remove(self.path(stale))
+        for rows_file in (METRICS, STEPS):
+            rows = read_jsonl(source / rows_file)
+            with atomic_path(self.path(rows_file)) as tmp:
+                tmp.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+        meta = read_json(source / CONFIG)
+        meta["config"]["name"] = name
+        write_json(self.path(CONFIG), meta)
+
+    def log_lineage(self, row: dict[str, Any]) -> None:
+        """A PBT exploit this trial adopted: one line of lineage.jsonl."""
+        self._append(LINEAGE, [row])
+
     # -- at the end
     def finish(self, meta: dict[str, Any], test: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
         """Write predictions.npz (when there is a test result) and summary.json; return the summary.
@@ -538,6 +579,14 @@ class RunWriter:
                              indices=test["indices"].astype(np.int64), **both)
             write_json(self.path(SUMMARY), summary)
         return summary
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link (files a run never rewrites in place: checkpoints, weights), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
 
 
 def _weights_copy(model) -> dict[str, Any]:

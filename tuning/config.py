@@ -15,6 +15,10 @@ from distributed.config import ConfigError, opt
 
 # Ray's placement-group strategies for the workers of a DDP trial.
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# ASHA stops weak trials early; PBT (Population Based Training) keeps every trial running and every
+# --perturbation-interval epochs has the weakest copy a strong one's state and perturb its schedulable
+# hyperparameters (tuning/pbt.py).
+SCHEDULERS = ("asha", "pbt")
 
 
 def dated_name() -> str:
@@ -24,13 +28,25 @@ def dated_name() -> str:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """A Ray Tune search: how many trials, ASHA's settings, and the resources of each trial."""
+    """A Ray Tune search: how many trials, the scheduler's settings (ASHA or PBT), and the resources of each trial."""
 
     name: str = opt(help="search name: the folder runs-dir/search-NAME (--resume needs it)", factory=dated_name,
                     shown_default="the start time, e.g. 20261126-143205")
     num_samples: int = opt(32, "trials to sample (each a full training run of up to --epochs epochs)")
+    scheduler: str = opt("asha", "asha: stop weak trials early (fixed hyperparameters per trial); pbt: Population "
+                                 "Based Training, every trial runs all epochs and the weakest copy the strongest's "
+                                 "weights, optimiser and schedule position, then perturb the augmentation, dropout "
+                                 "and weight decay: the best trial's schedule goes to best/schedule.json",
+                         # --scheduler is the training's learning-rate schedule (every training flag is a
+                         # search flag too), as --seed is the training's seed and --search-seed the sampler's.
+                         choices=SCHEDULERS, flag="--search-scheduler")
     grace_period: int = opt(1, "ASHA: epochs every trial gets before it may be stopped")
     reduction_factor: int = opt(2, "ASHA: keep the best 1/N of the trials at each rung (a count, >= 2)")
+    perturbation_interval: int = opt(1, "PBT: epochs between two exploit/explore steps of a trial")
+    quantile_fraction: float = opt(0.25, "PBT: the bottom fraction of the population copies a trial of the top "
+                                         "fraction at each perturbation (0-0.5)")
+    resample_probability: float = opt(0.25, "PBT: probability that a perturbed value is drawn anew from the space "
+                                            "instead of multiplied by 0.8 or 1.2")
     gpus_per_trial: float | None = opt(None, "GPUs per trial process, fractions share one GPU",
                                        shown_default="1 when the cluster has a GPU, else 0")
     cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial process")
@@ -95,6 +111,34 @@ class SearchConfig:
             raise bad("max-concurrent-trials", self.max_concurrent_trials, "must be >= 0")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise bad("num-cpus", self.num_cpus, "must be >= 1")
+        if self.scheduler not in SCHEDULERS:
+            raise bad("search-scheduler", self.scheduler, f"choose one of {', '.join(SCHEDULERS)}")
+        if self.perturbation_interval < 1:
+            raise bad("perturbation-interval", self.perturbation_interval, "must be >= 1 (epochs)")
+        if not (math.isfinite(self.quantile_fraction) and 0.0 < self.quantile_fraction <= 0.5):
+            raise bad("quantile-fraction", self.quantile_fraction, "must be in (0, 0.5]: a bottom and a top share "
+                                                                   "of the population")
+        if not (math.isfinite(self.resample_probability) and 0.0 <= self.resample_probability <= 1.0):
+            raise bad("resample-probability", self.resample_probability, "must be a probability in [0, 1]")
+        if self.scheduler == "pbt":
+            self._check_pbt()
+
+    def _check_pbt(self) -> None:
+        """What --search-scheduler pbt cannot do, in one line each."""
+        asha = [f"--{k.replace('_', '-')} {getattr(self, k)}" for k, default in
+                (("grace_period", 1), ("reduction_factor", 2)) if getattr(self, k) != default]
+        if asha:
+            what = "an ASHA setting" if len(asha) == 1 else "ASHA settings"
+            raise ConfigError(f"{' and '.join(asha)}: {what}, but --search-scheduler pbt stops no trial early; "
+                              f"drop {'it' if len(asha) == 1 else 'them'} or use --search-scheduler asha")
+        if self.num_samples < 2:
+            raise ConfigError(f"invalid --num-samples {self.num_samples} with --search-scheduler pbt: a population "
+                              f"needs at least 2 trials (one to copy, one to copy from)")
+        if self.workers_per_trial > 1:
+            # A DDP trial is a Ray Train run inside the Tune trial; handing its checkpoint to another
+            # trial (and adopting one) would go through Ray Train's own checkpoint storage.
+            raise ConfigError(f"--workers-per-trial {self.workers_per_trial} with --search-scheduler pbt: PBT trials "
+                              f"run in one process each; use --workers-per-trial 1 or --search-scheduler asha")
 
     def gpus(self) -> float:
         """GPUs per trial process, `None` resolved against this machine."""

@@ -1,7 +1,8 @@
 """What a search shows while it runs, and what it frees as trials end (a Ray Tune `Callback`).
 
 One compact view instead of Tune's status tables: trials running / finished / stopped early /
-failed / waiting, the best validation accuracy so far, the elapsed time. On a terminal it is one
+failed / waiting, the best validation accuracy so far, the exploits of a PBT search (each trial's
+lineage.jsonl), the elapsed time. On a terminal it is one
 line redrawn in place; in a file or pipe a new line only when a count or the best changes (no
 timer lines, no colour codes). A failed trial gets one line naming its error and its log file.
 Each trial's own output (epoch lines, warnings, tracebacks) is in trials/<id>/train.log.
@@ -81,13 +82,16 @@ class SearchProgress(Callback):
 
     An ended trial (TERMINATED, stopped by ASHA, or ERROR: Tune resumes none of them) loses its
     epoch checkpoints and final weights (`RunWriter.prune_ended`); unfinished trials of an
-    interrupted search keep theirs for `--resume`.
+    interrupted search keep theirs for `--resume`. In a PBT search (`pbt=True`) recipients adopt
+    a donor's checkpoint from Tune's copy (ray/<donor>/checkpoint_*), never from the donor's run
+    directory, so that pruning is safe there too; an ended trial's Tune copies go as well, but for
+    those a paused recipient has yet to adopt.
     """
 
     def __init__(self, search_dir: Path, num_samples: int, max_epochs: int, *, show: bool = True,
-                 prune: bool = True, stream: TextIO | None = None) -> None:
+                 prune: bool = True, stream: TextIO | None = None, pbt: bool = False) -> None:
         self.search_dir, self.num_samples, self.max_epochs = Path(search_dir), num_samples, max_epochs
-        self.show, self.prune = show, prune
+        self.show, self.prune, self.pbt = show, prune, pbt
         self._stream = stream
         self._reset()
 
@@ -95,6 +99,7 @@ class SearchProgress(Callback):
         self.started = time.time()
         self.best: tuple[float, str, Any] | None = None   # (val_acc, trial id, epoch)
         self.shown, self.drawn_at = "", 0.0
+        self.exploits: dict[str, int] | None = None       # PBT: lineage rows per trial id; None: not read yet
 
     # Tune pickles its RunConfig, callbacks included, into the experiment (tuner.pkl) and a resumed
     # search gets this object back from there: no stream in the pickle, a fresh clock after it.
@@ -116,9 +121,12 @@ class SearchProgress(Callback):
     # -- Tune's hooks
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         self._consider(result, trial.trial_id)
+        if getattr(self, "pbt", False) and self.exploits is not None:
+            # A recipient writes its lineage row before its first result after the exploit.
+            self.exploits[trial.trial_id] = self._lineage_rows(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._ended(trial)
+        self._ended(trial, trials)
         if self.show and (trial.last_result or {}).get("failed"):
             # A trial that ended itself as failed (diverged): Tune sees it complete, not errored.
             failed = self.search_dir / rundir.TRIALS / trial.trial_id / rundir.FAILED
@@ -127,7 +135,7 @@ class SearchProgress(Callback):
             self._print(f"trial {trial.trial_id} failed: {why} (not retried; its output: {log})")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._ended(trial)
+        self._ended(trial, trials)
         if self.show:
             from tuning.results import error_line
 
@@ -169,6 +177,10 @@ class SearchProgress(Callback):
                 else "no result yet")
         text = (f"{self.num_samples} trials: {c['running']} running, {c['finished']} finished, "
                 f"{c['stopped']} stopped early, {c['failed']} failed, {c['waiting']} waiting | {best}")
+        if getattr(self, "pbt", False):
+            if self.exploits is None:  # first line, or after a resume: every trial's rows so far
+                self.exploits = {t.trial_id: self._lineage_rows(t.trial_id) for t in trials}
+            text += f" | {sum(self.exploits.values())} exploits"
         if elapsed is None:
             return text
         s = int(elapsed)
@@ -201,6 +213,20 @@ class SearchProgress(Callback):
         self.stream.flush()
         self.shown = ""  # redraw the progress line below it
 
-    def _ended(self, trial) -> None:
-        if self.prune:
-            RunWriter(self.search_dir / rundir.TRIALS / trial.trial_id).prune_ended()
+    def _lineage_rows(self, trial_id: str) -> int:
+        return len(rundir.read_jsonl(self.search_dir / rundir.TRIALS / trial_id / rundir.LINEAGE))
+
+    def _ended(self, trial, trials: list) -> None:
+        if not self.prune:
+            return
+        RunWriter(self.search_dir / rundir.TRIALS / trial.trial_id).prune_ended()
+        if getattr(self, "pbt", False):
+            from tuning.pbt import prune_tune_checkpoints
+
+            # An ended trial is never a donor again (PBT ranks live trials only); a paused recipient
+            # holds its donor's checkpoint as its own `Trial.checkpoint` until it has adopted it.
+            waiting = {t.checkpoint.path for t in trials
+                       if t is not trial and not t.is_finished() and t.checkpoint is not None}
+            for ended in trials:
+                if ended.is_finished() or ended is trial:
+                    prune_tune_checkpoints(ended.path, waiting)

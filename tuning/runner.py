@@ -1,10 +1,12 @@
-"""Ray Tune search over `distributed.engine.fit`: ASHA on validation accuracy, best trial tested once.
+"""Ray Tune search over `distributed.engine.fit`: ASHA (or PBT) on validation accuracy, best trial tested once.
 
     run_search(base_cfg, SearchConfig(name="s1", num_samples=32)) -> summary dict
 
 Each trial is the same `fit` the CLI runs; only its per-epoch callback differs (it reports to Tune).
 With `workers_per_trial > 1` a trial is a Ray Train V2 `TorchTrainer` (DDP over N workers, Accelerate
 inside each) launched from the Tune trial, whose rank-0 reports reach Tune via `TuneReportCallback`.
+With `--search-scheduler pbt` (tuning/pbt.py) every trial runs in one process, reports a checkpoint at each
+perturbation epoch, and on a restart with another trial's checkpoint (an exploit) adopts it first.
 
 Layout (see distributed/rundir.py):
     runs/search-<name>/search.json, results.csv, trials/<trial_id>/ (fit's run dir), best/, ray/ (Tune's
@@ -16,10 +18,12 @@ trials/<id>/train.log, never to the search's terminal. `verbose` brings back Tun
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any, Iterator
 from distributed import rundir
 from distributed.config import ConfigError, TrainConfig
 from distributed.rundir import RunWriter
-from tuning import results
+from tuning import pbt, results
 from tuning import space as space_mod
 from tuning.config import SearchConfig
 
@@ -48,6 +52,9 @@ class _TrialSetup:
     gpus: float
     tune_checkpoints: bool = False
     placement_strategy: str = "PACK"
+    # PBT only: the perturbed fields' space specs, and the epochs between perturbations.
+    pbt_specs: dict[str, Any] | None = None
+    pbt_interval: int = 0
 
 
 # ----------------------------------------------------------------------------- trial side
@@ -86,15 +93,23 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(setup.search_dir) / rundir.TRIALS / trial_id
     params = space_mod.trial_params(config)
-    cfg = space_mod.apply_params(TrainConfig.from_dict(setup.base_config), params).replace(name=trial_id)
+    base = TrainConfig.from_dict(setup.base_config)
+    if setup.pbt_specs is not None:
+        cfg = pbt.trial_config(base, params, setup.pbt_specs, setup.pbt_interval).replace(name=trial_id)
+    else:
+        cfg = space_mod.apply_params(base, params).replace(name=trial_id)
     if cfg.num_workers < 0:
         # Loader workers from what Ray reserved for each trial process, not from the host's cores
         # (4 trials on a 16-core GPU node would otherwise start 12 workers each).
         cfg = cfg.replace(num_workers=workers_for_cores(int(setup.cpus), on_gpu=setup.gpus > 0))
+    if setup.pbt_specs is not None:
+        _restore_pbt_checkpoint(run_dir, trial_id, params, list(setup.pbt_specs))
+    else:
+        _restore_checkpoint(run_dir)
     RunWriter(run_dir).write_params(params)
-    _restore_checkpoint(run_dir)
     job = {"cfg": cfg.to_dict(), "run_dir": str(run_dir), "data": [setup.data_ref],
-           "tune_checkpoints": setup.tune_checkpoints, "ray_train": setup.workers > 1}
+           "tune_checkpoints": setup.tune_checkpoints, "ray_train": setup.workers > 1,
+           "trial_id": trial_id, "pbt_interval": setup.pbt_interval if setup.pbt_specs is not None else 0}
     if setup.workers == 1:
         _fit_and_report(job)
         return
@@ -139,20 +154,32 @@ def _fit_and_report(job: dict[str, Any]) -> None:
     from distributed.engine import EpochReport, NonFiniteLossError, fit
 
     reported = []
+    interval, total_epochs = job.get("pbt_interval", 0), job["cfg"]["epochs"]
+    run_dir = Path(job["run_dir"])
 
     def callback(r: EpochReport) -> None:
         reported.append(r.epoch)
+        if interval and r.checkpoint is not None and r.epoch % interval == 0 and r.epoch < total_epochs:
+            # PBT: at every perturbation epoch the state a recipient adopts if this trial is copied.
+            # Not after the last epoch: a copy made there would train no further, only cost a restart.
+            staged = pbt.export_checkpoint(run_dir, r.epoch, job["trial_id"])
+            try:
+                report(_metrics_for_tune(r.metrics), checkpoint=ray.tune.Checkpoint.from_directory(str(staged)))
+            finally:  # Tune has its copy once report returns (a paused trial never gets here: remove_staging)
+                shutil.rmtree(staged, ignore_errors=True)
+            return
         # Epoch checkpoints stay in the trial's run dir, which a restored trial resumes from;
         # a copy goes to Tune's storage only when asked (clusters without a shared --runs-dir).
         copy = job["tune_checkpoints"] and not job["ray_train"] and r.checkpoint is not None
         report(_metrics_for_tune(r.metrics),
                checkpoint=ray.tune.Checkpoint.from_directory(str(r.checkpoint)) if copy else None)
 
-    run_dir = Path(job["run_dir"])
     writer = RunWriter(run_dir, _log_attempt(run_dir, job["ray_train"]))
     try:
+        # A PBT exploit changes a trial's schedule and nothing else (tuning/pbt.py).
         fit(TrainConfig.from_dict(job["cfg"]), run_dir, callback=callback, resume=True,
-            data=ray.get(job["data"][0]), evaluate_test=False, progress=False)
+            data=ray.get(job["data"][0]), evaluate_test=False, progress=False,
+            **({"schedule_may_change": True} if interval else {}))
     except (NonFiniteLossError, ConfigError) as e:
         # Diverged (or a sampled config fit refuses): a retry would fail the same way. The trial
         # ends here, recorded as failed, instead of raising, which Tune would retry like a lost
@@ -165,8 +192,10 @@ def _fit_and_report(job: dict[str, Any]) -> None:
         epochs = rundir.read_metrics(run_dir)
         writer.write_failure(f"{type(e).__name__}: {e}", (epochs[-1]["epoch"] if epochs else 0) + 1)
         # Tune wants its metric in a trial's last result; NaN ranks nowhere, and without "epoch"
-        # ASHA leaves it out of its rungs.
-        report({METRIC: float("nan"), "failed": True})
+        # ASHA leaves it out of its rungs. PBT refuses a result without its time attribute; a NaN
+        # score keeps the trial out of its quantiles.
+        last = {"epoch": epochs[-1]["epoch"] if epochs else 0} if interval else {}
+        report({METRIC: float("nan"), "failed": True, **last})
         return
     rows = rundir.read_metrics(run_dir)
     if not reported and rows:
@@ -216,6 +245,27 @@ def _restore_checkpoint(run_dir: Path) -> None:
         shutil.copytree(d, dest, dirs_exist_ok=True)
 
 
+def _restore_pbt_checkpoint(run_dir: Path, trial_id: str, params: dict[str, Any], fields: list[str]) -> None:
+    """A PBT trial's start: Tune's checkpoint from another trial (an exploit) is adopted, making this
+    run directory the donor's copy at its epoch (tuning/pbt.py); one of its own is a retry or a
+    resumed search, which resumes from the run directory's own newest checkpoint as under ASHA."""
+    from ray import tune
+
+    pbt.remove_staging(run_dir)
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return
+    previous = rundir.read_json(run_dir / rundir.PARAMS) if (run_dir / rundir.PARAMS).exists() else {}
+    with ckpt.as_directory() as d:
+        row = pbt.adopt(run_dir, Path(d), trial_id, before={k: previous.get(k) for k in fields},
+                        after={k: params.get(k) for k in fields})
+        if row is None:
+            pbt.seed_own_checkpoint(run_dir, Path(d))
+    if row is not None:
+        print(f"PBT exploit: adopted trial {row['donor']}'s state after epoch {row['epoch']}; perturbed "
+              f"{row['before']} -> {row['after']}", flush=True)
+
+
 # ----------------------------------------------------------------------------- driver side
 def search_dir_for(base_cfg: TrainConfig, name: str) -> Path:
     return (Path(base_cfg.runs_dir) / f"search-{name}").resolve()
@@ -249,6 +299,7 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     space_mod.validate_space(space, base_cfg)
     # Learning rates in a space are at batch 512; trials sample them at this search's batch.
     trial_space = space_mod.at_batch(space, base_cfg.batch_size)
+    perturbed = pbt.check_space(trial_space) if search.scheduler == "pbt" else []
     if base_cfg.val_size <= 0:
         raise ConfigError("invalid --val-size 0: a search selects on validation accuracy; give it a split")
     if base_cfg.log_with != "none":
@@ -287,7 +338,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
               f"{', ' + lr_text if lr_text else ''}; each trial's output: {search_dir / rundir.TRIALS}/<id>/"
               f"{rundir.TRAIN_LOG}", flush=True)
         info: dict[str, Any] = {
-            "name": search.name, "search": _search_settings(search), "space": space,
+            "name": search.name, "space": space,
+            "search": {**_search_settings(search), **({"perturbed": perturbed} if perturbed else {})},
             "space_at_batch": trial_space, "base_config": base_cfg.to_dict(),
             "cli": cli_options or saved.get("cli") or {}, "metric": METRIC, "mode": MODE, "status": "running",
             "started": saved.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
@@ -298,7 +350,9 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         data_ref = ray.put(data)  # one copy in the object store; every trial (and DDP worker) ray.gets it
         setup = _TrialSetup(base_cfg.to_dict(), str(search_dir), data_ref, search.workers_per_trial,
                             search.cpus_per_trial, search.gpus_per_trial, search.tune_checkpoints,
-                            search.placement_strategy)
+                            search.placement_strategy,
+                            pbt_specs={k: trial_space[k] for k in perturbed} if perturbed else None,
+                            pbt_interval=search.perturbation_interval)
         trainable = tune.with_resources(tune.with_parameters(_logged_trial, setup=setup), trial_resources(search))
         from tuning.progress import tune_error_logs
 
@@ -309,9 +363,17 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
                                            resume_errored=False, restart_errored=False)
             else:
                 tuner = tune.Tuner(trainable, param_space=space_mod.to_tune(trial_space),
-                                   tune_config=tune_config(base_cfg, search),
+                                   tune_config=tune_config(base_cfg, search, trial_space),
                                    run_config=run_config(search_dir, search, list(space), base_cfg.epochs))
-            grid = tuner.fit()
+            if perturbed:
+                # PBT draws its quantile partners and perturbations with Python's `random`, in this
+                # process: seeded, a search repeats its choices as far as the trials' timing allows.
+                random.seed(search.seed)
+            with warnings.catch_warnings():
+                # Tune suggests reusing actors with PBT; each trial keeps a process of its own (fit's
+                # Accelerator state, the trial's output redirected to its train.log).
+                warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+                grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
         if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
             for t in trials:
@@ -322,6 +384,12 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         best = results.select_best(trials)
         # The test set is touched once, when the search is done.
         best_summary = results.export_best(search_dir, best, data) if best is not None and not interrupted else None
+        schedule = (pbt.write_schedule(search_dir, search.name, best["trial_id"], perturbed)
+                    if perturbed and best_summary is not None else None)
+        if perturbed and not interrupted and not search.keep_trial_checkpoints:
+            # Every trial has ended: no recipient will ever read Tune's copies of their checkpoints.
+            for trial_path in (search_dir / RAY_DIR).iterdir():
+                pbt.prune_tune_checkpoints(str(trial_path), set())
     finally:
         if started_ray:
             ray.shutdown()
@@ -340,6 +408,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         "test_acc": best_summary["test_acc"] if best_summary else None,
         "interrupted": interrupted,
         "disk_bytes": rundir.disk_bytes(search_dir),
+        **({"exploits": pbt.count_exploits(search_dir)} if perturbed else {}),
+        **({"schedule": str(schedule)} if schedule else {}),
     }
     if search.refit and best is not None and not interrupted:
         # search.json says a refit is under way before it starts: a search killed during it is
@@ -347,7 +417,8 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
         summary["refit"] = {"status": "running", "run_dir": str(search_dir / rundir.REFIT)}
         info.update(status="refitting", wall_seconds=wall, summary=summary)
         rundir.write_json(search_dir / rundir.SEARCH_JSON, info)
-        summary["refit"] = refit_best(base_cfg, best, search_dir, data)
+        summary["refit"] = refit_best(base_cfg, best, search_dir, data,
+                                      {k: trial_space[k] for k in perturbed} if perturbed else None)
         interrupted = summary["interrupted"] = summary["refit"]["status"] == "interrupted"
     info.update(status="interrupted" if interrupted else "finished", wall_seconds=wall, summary=summary,
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -356,21 +427,32 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
     return summary
 
 
-def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path) -> TrainConfig:
+def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path,
+                 pbt_specs: dict[str, Any] | None = None) -> TrainConfig:
     """The best trial's configuration (the base config with its sampled params, what the trial trained
-    with) on every training image: no validation split, the full --epochs, run dir search_dir/refit."""
-    return space_mod.apply_params(base_cfg, best["params"]).replace(name=rundir.REFIT, runs_dir=str(search_dir),
-                                                                    val_size=0)
+    with) on every training image: no validation split, the full --epochs, run dir search_dir/refit.
+    After a PBT search (`pbt_specs`: the perturbed fields' specs) the perturbed fields follow the
+    best trial's learned schedule, best/schedule.json, stretched over --epochs."""
+    if pbt_specs:
+        from distributed.config import load_schedule
+
+        cfg = pbt.trial_config(base_cfg, best["params"], pbt_specs, 1).replace(
+            aug_schedule=load_schedule(search_dir / rundir.BEST_TRIAL / pbt.SCHEDULE_FILE),
+            checkpoint_every=base_cfg.checkpoint_every)
+    else:
+        cfg = space_mod.apply_params(base_cfg, best["params"])
+    return cfg.replace(name=rundir.REFIT, runs_dir=str(search_dir), val_size=0)
 
 
-def refit_best(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path, data: Any) -> dict[str, Any]:
+def refit_best(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path, data: Any,
+               pbt_specs: dict[str, Any] | None = None) -> dict[str, Any]:
     """`--refit`: `fit` the best configuration again on all training images in search_dir/refit/ and test
     it once. Resumes that run when it was interrupted (and returns a finished one's result as it is).
     Its output goes to refit/train.log, like a trial's. Returns what the search summary keeps: status
     (finished | interrupted | failed), test accuracy as the run reports it and plain/TTA, images, seconds."""
     from distributed.engine import Preempted, fit
 
-    cfg = refit_config(base_cfg, best, search_dir)
+    cfg = refit_config(base_cfg, best, search_dir, pbt_specs)
     run_dir = search_dir / rundir.REFIT
     out: dict[str, Any] = {"run_dir": str(run_dir), "trial_id": best["trial_id"], "epochs": cfg.epochs}
     resumed = rundir.checkpoint_dirs(run_dir)
@@ -411,8 +493,9 @@ def summary_line(s: dict[str, Any]) -> str:
     disk = f" | {s['disk_bytes'] / 1e6:,.0f} MB on disk" if s.get("disk_bytes") is not None else ""
     left = s["trials"] - s["completed"] - s["stopped"] - s["failed"]
     unfinished = f", {left} not finished" if left else ""
+    exploits = f" | {s['exploits']} exploits" if s.get("exploits") is not None else ""
     return (f"search {Path(s['search_dir']).name.removeprefix('search-')}: {s['trials']} trials in {s['wall_seconds']:.0f} s | "
-            f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed{unfinished} | "
+            f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed{unfinished}{exploits} | "
             f"{best}{disk}")
 
 
@@ -536,18 +619,31 @@ def _max_concurrent(search: SearchConfig) -> int:
     return max(1, min(fits))
 
 
-def tune_config(base_cfg: TrainConfig, search: SearchConfig):
+def tune_config(base_cfg: TrainConfig, search: SearchConfig, space: dict[str, Any] | None = None):
+    """Tune's TuneConfig: the scheduler (ASHA, or PBT over `space`'s perturbable fields), the seeded
+    sampler, one folder per trial named by its id."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # time_attr "epoch" (1-based, from fit's metrics) rather than training_iteration: it stays
     # right across a resumed trial whatever Tune's own counter did.
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=base_cfg.epochs, grace_period=search.grace_period,
-                              reduction_factor=search.reduction_factor,
-                              # let a trial at max epochs return by itself, so fit writes its final
-                              # weights and summary instead of being killed after its last report
-                              stop_last_trials=False)
+    if search.scheduler == "pbt":
+        space = space_mod.merge_space(search.space) if space is None else space
+        # metric and mode come from TuneConfig (Tune refuses them in both places). PBT works with a
+        # BasicVariantGenerator (only a SearchGenerator is refused), so the sampling stays seeded.
+        scheduler = PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=search.perturbation_interval,
+            quantile_fraction=search.quantile_fraction, resample_probability=search.resample_probability,
+            hyperparam_mutations=pbt.mutations(space), custom_explore_fn=pbt.explore_fn(space),
+            # lineage.jsonl in each trial's run dir is the record; no pbt_policy files in ray/
+            log_config=False)
+    else:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=base_cfg.epochs, grace_period=search.grace_period,
+                                  reduction_factor=search.reduction_factor,
+                                  # let a trial at max epochs return by itself, so fit writes its final
+                                  # weights and summary instead of being killed after its last report
+                                  stop_last_trials=False)
     return tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=search.num_samples,
                            # max_concurrent goes to the generator: Tune ignores TuneConfig's for it.
                            search_alg=BasicVariantGenerator(random_state=search.seed,
@@ -565,12 +661,14 @@ def run_config(search_dir: Path, search: SearchConfig, params: list[str] | None 
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "train_loss": "train_loss"},
         parameter_columns=params, max_report_frequency=30, sort_by_metric=True) if search.verbose else None
+    pbt_search = search.scheduler == "pbt"
     progress = SearchProgress(search_dir, search.num_samples, max_epochs, show=not search.verbose,
-                              prune=not search.keep_trial_checkpoints)
+                              prune=not search.keep_trial_checkpoints, pbt=pbt_search)
     return tune.RunConfig(
         name=RAY_DIR, storage_path=str(search_dir),
         # A trial that raises (its worker process or node lost, or a bug) is retried from its own
         # last checkpoint; one that diverged ends itself as failed without raising (_fit_and_report).
         failure_config=tune.FailureConfig(max_failures=search.max_trial_retries),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # PBT hands a donor's Tune copy to a recipient that may start later: pbt.TUNE_CHECKPOINTS_KEPT.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=pbt.TUNE_CHECKPOINTS_KEPT if pbt_search else 1),
         callbacks=[progress], progress_reporter=reporter, verbose=1 if search.verbose else 0)
