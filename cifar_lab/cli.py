@@ -388,7 +388,7 @@ def command_prefix(entry: str) -> str | None:
 def search_parser() -> argparse.ArgumentParser:
     """The flags of `cifar-search`: SearchConfig's, the report choices, and every training flag."""
     from distributed.config import add_config_arguments, add_dataclass_arguments
-    from tuning.config import SearchConfig
+    from tuning.config import SCHEDULERS, SearchConfig
 
     parser = _Parser(description="Ray Tune search over the ResNet18 recipe (ASHA or PBT, best trial tested once).")
     group = parser.add_argument_group("search")
@@ -397,8 +397,27 @@ def search_parser() -> argparse.ArgumentParser:
                        help="YAML/JSON file of search-space overrides, merged over tuning/space.py's; max_lr "
                             "values are at batch 512 and scaled to --batch-size (default: none)")
     _add_report_flags(parser)
-    add_config_arguments(parser, skip=("name",))  # --name is the search's
+    add_config_arguments(parser, skip=("name", "scheduler"))  # --name is the search's; --scheduler: below
+    from distributed.config import TrainConfig
+
+    lr_schedules = {f.name: f for f in dataclasses.fields(TrainConfig)}["scheduler"].metadata["choices"]
+    parser.add_argument("--scheduler", action=_SchedulerFlag, dest="scheduler", default=None,
+                        choices=SCHEDULERS + lr_schedules, metavar="{" + ",".join(SCHEDULERS + lr_schedules) + "}",
+                        help="either schedule, told apart by the value: asha or pbt picks how trials are scheduled "
+                             "(the same as --search-scheduler), onecycle, plateau or step the learning-rate "
+                             "schedule of every trial (default: asha, onecycle)")
     return parser
+
+
+class _SchedulerFlag(argparse.Action):
+    """`cifar-search --scheduler pbt`: a search's --scheduler names the trial scheduler (asha, pbt) or the
+    training's learning-rate schedule (onecycle, plateau, step); the two sets of values never overlap,
+    so each value goes where it belongs (`--scheduler pbt --scheduler step` sets both)."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from tuning.config import SCHEDULERS
+
+        setattr(namespace, "search_scheduler" if value in SCHEDULERS else self.dest, value)
 
 
 def search(argv: list[str] | None = None) -> int:

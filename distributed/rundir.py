@@ -105,6 +105,7 @@ ATTEMPTS = "attempts.jsonl"       # a trial's starts: where each ran and what it
 FAILED = "failed.json"            # a trial that failed for good (diverged, config refused): why
 TRAIN_LOG = "train.log"           # a trial's own output
 LINEAGE = "lineage.jsonl"         # a PBT trial's exploits: one row per donor state it adopted
+SCHEDULE = "schedule.json"        # a PBT search's best/: the best trial's values per epoch (--aug-schedule reads it)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")

@@ -457,7 +457,7 @@ def _schedule_figure(page: _Page) -> dict[str, Any] | None:
     trial): the values each epoch trained with, from its metrics rows' "schedule". None for a run
     without one; else what the template says about it (a note instead of a figure when no row has one)."""
     from reporting import figures
-    from reporting.search import LINEAGE_FILE, read_lineage, schedule_from_metrics
+    from reporting.search import read_lineage, schedule_from_metrics
 
     planned = (page.run.meta.get("config") or {}).get("aug_schedule")
     if not isinstance(planned, list) or not planned:
@@ -474,7 +474,7 @@ def _schedule_figure(page: _Page) -> dict[str, Any] | None:
         f"The values each epoch trained with (metrics.jsonl, \"schedule\"), from the {len(planned)}-entry schedule "
         f"in config.json (aug_schedule{stretch}): each value holds for its whole epoch (one step per epoch); "
         f"probabilities share the first panel (0-1), every other field has its own scale"
-        + (f"; dashed red lines: the exploits this trial adopted ({LINEAGE_FILE}), after which its weights "
+        + (f"; dashed red lines: the exploits this trial adopted ({rundir.LINEAGE}), after which its weights "
            f"and values came from another trial" if exploits else "")),
         exploits=info["exploits"])
     return info

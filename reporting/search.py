@@ -268,10 +268,6 @@ def search_figures(search: dict[str, Any], fig) -> None:
 
 
 # ----------------------------------------------------------------------------- PBT (issue 23)
-# The PBT files (issue 23's spec, sections 2-3). LINEAGE is distributed.rundir.LINEAGE on the training
-# side's branch; named here too so the report reads the files whichever lands first.
-SCHEDULE_FILE = "schedule.json"   # runs/search-<name>/best/schedule.json: the best trial's learned schedule
-LINEAGE_FILE = "lineage.jsonl"    # trials/<id>/lineage.jsonl: one row per exploit the trial adopted
 REPLAY_COMMAND = "cifar-train --aug-schedule"
 
 
@@ -296,7 +292,7 @@ def read_lineage(trial_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """A trial's exploits from its lineage.jsonl, oldest first, as {"epoch", "donor", "time"}; and how
     many rows were unusable (no epoch or donor): skipped, so one bad row does not lose the figure."""
     good, bad = [], 0
-    for r in rundir.read_jsonl(Path(trial_dir) / LINEAGE_FILE):
+    for r in rundir.read_jsonl(Path(trial_dir) / rundir.LINEAGE):
         k = _epoch(r.get("epoch")) if isinstance(r, dict) else None
         donor = r.get("donor") if isinstance(r, dict) else None
         if k is None or not isinstance(donor, str) or not donor:
@@ -397,16 +393,16 @@ def pbt_context(path: Path, settings: dict[str, Any], rows: list[dict[str, str]]
             spans[t] = (min(epochs), max(epochs))
     exploits.sort(key=lambda x: (x["epoch"], x["trial"]))
     if unusable:
-        notes.append(f"{unusable} row{'s' if unusable != 1 else ''} of the trials' {LINEAGE_FILE} without an "
+        notes.append(f"{unusable} row{'s' if unusable != 1 else ''} of the trials' {rundir.LINEAGE} without an "
                      f"epoch or donor {'are' if unusable != 1 else 'is'} left out.")
     unknown = sorted({x["donor"] for x in exploits} - set(trials))
     if unknown:
         notes.append(f"Donor{'s' if len(unknown) != 1 else ''} {', '.join(unknown)} "
                      f"{'are' if len(unknown) != 1 else 'is'} named in a lineage but not in results.csv: "
                      f"drawn as extra rows, marked \u201cnot in results.csv\u201d.")
-    schedule_path = path / rundir.BEST_TRIAL / SCHEDULE_FILE
+    schedule_path = path / rundir.BEST_TRIAL / rundir.SCHEDULE
     doc, why = _read_schedule_file(schedule_path)
-    source = f"{rundir.BEST_TRIAL}/{SCHEDULE_FILE}"
+    source = f"{rundir.BEST_TRIAL}/{rundir.SCHEDULE}"
     if doc is None:
         best_dir = _trial_dir(path, best)
         epochs, entries = schedule_from_metrics(rundir.read_metrics(best_dir) if best_dir else [])
@@ -465,6 +461,6 @@ def pbt_figures(search: dict[str, Any], fig) -> None:
             f"donor's checkpoint (the recipient continued from it with epoch k+1, perturbed); the thick black "
             f"path is where the best trial's weights came from ({len(pbt['ancestry'])} exploit"
             f"{'s' if len(pbt['ancestry']) != 1 else ''} along it, black arrows); grey lines: the epochs each "
-            f"trial's metrics cover; from trials/<id>/{LINEAGE_FILE}"),
+            f"trial's metrics cover; from trials/<id>/{rundir.LINEAGE}"),
             spans=pbt["spans"], best=best, ancestry=pbt["ancestry"], path_segments=pbt["path"], labels=labels)
 

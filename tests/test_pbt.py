@@ -401,3 +401,24 @@ def test_a_refit_after_pbt_replays_the_learned_schedule(tmp_path):
     assert [dict(e) for e in cfg.aug_schedule] == entries and cfg.max_lr == 0.02
     assert (cfg.val_size, cfg.name, cfg.checkpoint_every) == (0, "refit", TrainConfig().checkpoint_every)
     assert refit_config(TrainConfig(epochs=4), best, tmp_path).aug_schedule == ()  # ASHA: as before
+
+
+def test_a_searchs_scheduler_flag_takes_either_schedule_by_its_value(capsys):
+    """`cifar-search --scheduler pbt` (the issue's words) and the training's `--scheduler step` share the
+    flag: their values never overlap, so each goes where it belongs; anything else is one line."""
+    from cifar_lab.cli import search_parser
+    from distributed.config import ConfigError, TrainConfig
+    from tuning.space import validate_space
+
+    parser = search_parser()
+    for argv, expected in ((["--scheduler", "pbt"], ("pbt", None)), (["--scheduler", "step"], (None, "step")),
+                           (["--scheduler", "pbt", "--scheduler", "plateau"], ("pbt", "plateau")),
+                           (["--search-scheduler", "pbt"], ("pbt", None)), ([], (None, None))):
+        args = parser.parse_args(argv)
+        assert (args.search_scheduler, args.scheduler) == expected, argv
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--scheduler", "pb2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "'asha', 'pbt', 'onecycle'" in err
+    with pytest.raises(ConfigError, match="cannot be tuned|not a tunable"):
+        validate_space({"aug_schedule": 0.5}, TrainConfig())

@@ -37,7 +37,6 @@ from distributed.rundir import RunWriter
 from tuning import space as space_mod
 
 ORIGIN = "origin.json"              # in a checkpoint reported to Tune: {"trial": id, "epoch": k}
-SCHEDULE_FILE = "schedule.json"     # in the search's best/
 # Tune's copies of the checkpoints a trial reports (search-<name>/ray/<trial>/checkpoint_*) kept per
 # trial. PBT hands a donor's *last reported* checkpoint to a recipient that restarts when a slot is
 # free: with fewer than 3 kept, the donor's next reports may delete it first (PBT warns at <= 2). 4
@@ -214,7 +213,7 @@ def write_schedule(search_dir: Path, search_name: str, trial_id: str, fields: li
     doc = {"kind": SCHEDULE_KIND, "version": 1, "search": search_name, "trial": trial_id, "epochs": len(rows),
            "fields": list(fields), "schedule": schedule,
            "lineage": lineage_chain(search_dir / rundir.TRIALS, trial_id)}
-    path = search_dir / rundir.BEST_TRIAL / SCHEDULE_FILE
+    path = search_dir / rundir.BEST_TRIAL / rundir.SCHEDULE
     rundir.write_json(path, doc)
     return path
 

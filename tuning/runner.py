@@ -437,7 +437,7 @@ def refit_config(base_cfg: TrainConfig, best: dict[str, Any], search_dir: Path,
         from distributed.config import load_schedule
 
         cfg = pbt.trial_config(base_cfg, best["params"], pbt_specs, 1).replace(
-            aug_schedule=load_schedule(search_dir / rundir.BEST_TRIAL / pbt.SCHEDULE_FILE),
+            aug_schedule=load_schedule(search_dir / rundir.BEST_TRIAL / rundir.SCHEDULE),
             checkpoint_every=base_cfg.checkpoint_every)
     else:
         cfg = space_mod.apply_params(base_cfg, best["params"])

@@ -85,7 +85,7 @@ def validate_space(space: dict[str, Any], base_cfg: TrainConfig) -> None:
     """Check every spec is well formed and its extreme values make a valid TrainConfig."""
     for key, spec in space.items():
         where = f"search space field {key!r}"
-        if key not in _field_names() or key in ("aug", "name", "runs_dir", "data_dir"):
+        if key not in _field_names() or key in ("aug", "aug_schedule", "name", "runs_dir", "data_dir"):
             raise ConfigError(f"{where}: not a tunable training config field")
         if not isinstance(spec, dict):
             if isinstance(spec, (list, tuple)):
