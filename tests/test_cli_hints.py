@@ -1,6 +1,7 @@
 """Issue 21: every command the project prints works when pasted (it repeats the interpreter or
-launcher actually used); a search that can never place a trial stops at start; a mistyped flag
-gets "did you mean"; too small a split is refused; a failed download leaves no trace."""
+launcher actually used); a search that can never place a trial stops at start (the test of the
+command itself is in test_search.py, on that module's Ray); a mistyped flag gets "did you mean";
+too small a split is refused; a failed download leaves no trace."""
 from __future__ import annotations
 
 import os
@@ -221,31 +222,6 @@ def test_a_cluster_that_may_grow_is_waited_for_with_a_line(capsys):
     assert capsys.readouterr().err.strip() == (
         "search: each trial asks for 1 CPU and 1 GPU; the Ray cluster at head:6379 has 2 CPUs and 0 GPUs for now: "
         "waiting for nodes to join (autoscaler, `ray start --address ...`); Ctrl-C stops")
-
-
-def test_a_search_that_cannot_place_a_trial_stops_at_start_and_leaves_nothing(fake_cifar, tmp_path, capsys,
-                                                                             monkeypatch):
-    """A GPU asked for on a machine without one, and more CPUs per trial than the machine has: one
-    line, exit 2, no search folder (Tune would sit at "1 waiting" for ever)."""
-    ray = pytest.importorskip("ray")
-    from cifar_lab import cli
-
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
-    capsys.readouterr()
-    try:
-        base = ["--runs-dir", str(tmp_path), "--data-dir", str(fake_cifar), "--num-samples", "2", *FLAGS]
-        assert cli.search(["--name", "gpu", "--gpus-per-trial", "1", *base]) == 2
-        out, err = capsys.readouterr()
-        assert err.strip() == ("error: each trial asks for 1 CPU and 1 GPU, but this machine's Ray has 2 CPUs and 0 "
-                               "GPUs: no trial could ever start; use --gpus-per-trial 0 (trials on the CPU), or join "
-                               "a larger cluster with --address") and out == ""
-        assert cli.search(["--name", "cpu", "--cpus-per-trial", "3", *base]) == 2
-        assert capsys.readouterr().err.strip().startswith("error: each trial asks for 3 CPUs, but this machine's Ray "
-                                                          "has 2 CPUs and 0 GPUs: no trial could ever start")
-    finally:
-        ray.shutdown()
-    assert not any(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- flags and values

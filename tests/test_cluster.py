@@ -416,7 +416,9 @@ def ray_cluster():
         worker, worker_log = _ray_node(base / "worker", 1, _ray_env(**auth, RAY_AUTH_TOKEN=token.read_text()),
                                        "--address", GCS)
         nodes.append(worker)
-        stranger, stranger_log = _ray_node(base / "stranger", 2, _ray_env(), "--address", GCS, block=False)
+        # Refused on its first tries: 2 of them, not the 20 (one a second) Ray makes before it gives up.
+        stranger, stranger_log = _ray_node(base / "stranger", 2, _ray_env(RAY_gcs_server_port_wait_time_s="2"),
+                                           "--address", GCS, block=False)
         nodes.append(stranger)
         _wait_log(worker, worker_log, "block forever")
         assert stranger.wait(timeout=180) != 0 and "InvalidAuthToken" in stranger_log.read_text()

@@ -43,6 +43,30 @@ VARIANTS = {"train-seed1": "train-seed0", "train-seed2": "train-seed0", "train-c
             "input-slowest": "input", "ladder-winner": "ladder"}
 
 
+# The ladder rungs the CI dry run trains: the default and all-images (whose split differs) show the
+# ladder's mechanics; every rung's command line is parsed into its config instead (_ladder_rung_configs),
+# and what each rung changes is trained by tests of its own (test_train: --no-cycle-momentum, label
+# smoothing; test_data: the 8x8 cutout). `python benchmarks/gpu_session.py --dry-run` trains them all.
+TRAINED_RUNGS = ("default", "all-images")
+
+
+def _ladder_rung_configs() -> dict[str, dict]:
+    """Each rung's TrainConfig, as train.py parses the command line that the dry run's ladder step
+    (all rungs, its default) gives benchmarks/ladder.py for that rung."""
+    import ladder
+
+    from cifar_lab.cli import train_parser
+    from distributed.config import config_from_args
+
+    argv = _dry_plan()["ladder"].argv({})
+    assert argv[1] == "benchmarks/ladder.py"
+    args = ladder.parse_args(argv[2:])
+    jobs = ladder.build_jobs(args, args.rungs.split(","), [0], args.workers_per_run)
+    assert [j.rung for j in jobs] == list(gpu_session.LADDER_RUNGS)
+    assert all(j.argv[1].endswith("distributed/train.py") for j in jobs)
+    return {j.rung: config_from_args(train_parser().parse_args(j.argv[2:])).to_dict() for j in jobs}
+
+
 def _dry_plan() -> dict[str, "gpu_session.Step"]:
     o = gpu_session.options_from_args(gpu_session.parse_args(["--dry-run", "--work-dir", "/w", "--data-dir", "/d"]))
     return {s.name: s for s in gpu_session.plan(o)}
@@ -53,7 +77,8 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     and the output folder holds what the device tool would bring back, without weights or checkpoints."""
     out, work = tmp_path / "out", tmp_path / "work"
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_session.py"), "--dry-run", "--data-dir", str(fake_cifar),
-                           "--work-dir", str(work), "--out", str(out), "--skip", ",".join(VARIANTS)],
+                           "--work-dir", str(work), "--out", str(out), "--skip", ",".join(VARIANTS),
+                           "--ladder-rungs", ",".join(TRAINED_RUNGS), "--ladder-concurrent", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=3700)
     records = {r["step"]: r for r in map(json.loads, (out / "steps.jsonl").read_text().splitlines())}
     failed = {k: r.get("error") for k, r in records.items() if r["status"] != "ok" and k not in VARIANTS}
@@ -86,22 +111,33 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     assert ref["trained"] is False and "CUDA-only" in ref["not_trained"]
     assert ref["read_back"]["train"] == {"shape": [500, 32, 32, 3], "dtype": "uint8", "labels_dtype": "int64",
                                          "classes": 10, "same_as_loader": True}
-    # every rung of the ladder trained, tiny, with its own flags, and landed in $OUT as it ended
+    # the ladder's rungs trained one after the other (the second waited for the first's slot), tiny, each
+    # with its own flags, and landed in $OUT as they ended; every rung's train.py command line, as the
+    # dry run's ladder step gives it by default, makes the config its rung names (_ladder_rung_configs)
     ladder = res["ladder"]
     runs = {r["rung"]: r for r in ladder["runs"]}
-    assert list(runs) == list(gpu_session.LADDER_RUNGS) and ladder["not_started"] == []
+    assert list(runs) == list(TRAINED_RUNGS) and ladder["not_started"] == []
     assert all(r["status"] == "finished" and r["test_acc_plain"] is not None and r["test_acc_tta"] is not None
                and r["total_seconds"] > 0 for r in runs.values()), runs
     assert runs["all-images"]["train_images"] == 60 and runs["default"]["train_images"] == 40  # --val-size 0
     assert ladder["winner"] in runs
     live = [json.loads(x) for x in (out / gpu_session.LIVE).read_text().splitlines()]
     assert [(x["kind"], x["rung"]) for x in live] == [("ladder", r) for r in runs]
-    cfgs = {r: json.loads(next(work.glob(f"session-*/runs/ladder/{r}-s0/config.json")).read_text())["config"]
-            for r in runs}
+    cfgs = _ladder_rung_configs()
+    for r in runs:  # what train.py trained with is what its command line parses to (but where the files are)
+        saved = json.loads(next(work.glob(f"session-*/runs/ladder/{r}-s0/config.json")).read_text())["config"]
+        assert {k: v for k, v in saved.items() if k not in ("data_dir", "runs_dir")} == \
+            {k: v for k, v in cfgs[r].items() if k not in ("data_dir", "runs_dir")}, r
     assert cfgs["fixed-momentum"]["cycle_momentum"] is False and cfgs["default"]["cycle_momentum"] is True
     assert (cfgs["no-smoothing"]["label_smoothing"], cfgs["smoothing-0.2"]["label_smoothing"]) == (0.0, 0.2)
     cutout = cfgs["cutout-8-always"]["aug"]
     assert (cutout["cutout_p"], cutout["cutout_min"], cutout["cutout_max"]) == (1.0, 8, 8)
+    assert cfgs["all-images"]["val_size"] == 0
+    # 40-epochs: a third more than the dry run's 1 epoch rounds to 1 (its 40 at 30: the test below)
+    changed = {r: {k for k, v in c.items() if v != cfgs["default"][k]} - {"name"} for r, c in cfgs.items()}
+    assert changed == {"default": set(), "all-images": {"val_size"}, "fixed-momentum": {"cycle_momentum"},
+                       "no-smoothing": {"label_smoothing"}, "smoothing-0.2": {"label_smoothing"},
+                       "cutout-8-always": {"aug"}, "40-epochs": set()}
 
     _device_tool_returns(out)
     with tarfile.open(out / "session.tar.gz") as tar:

@@ -1,6 +1,6 @@
 """Ray Tune search (tuning/): real searches on tiny synthetic CIFAR, CPU only.
 
-One Ray session (2 CPUs, no dashboard) is shared by the in-process searches; the resume test runs
+One Ray session (2 CPUs, no GPU, no dashboard) is shared by the in-process searches; the resume test runs
 the CLI in subprocesses with their own Ray. Trials use 40 train / 20 val / 20 test images.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def ray_session():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # "local": a Ray of its own, even when a `ray start` cluster runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -58,6 +58,28 @@ def _base(fake_cifar: Path, runs: Path, **kw):
 def _results(search_dir: Path) -> list[dict[str, str]]:
     with open(search_dir / "results.csv") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_search_that_cannot_place_a_trial_stops_at_start_and_leaves_nothing(ray_session, fake_cifar, tmp_path,
+                                                                             capsys):
+    """A GPU asked for on a machine without one, and more CPUs per trial than the machine has: one
+    line, exit 2, no search folder (Tune would sit at "1 waiting" for ever). (Issue 21; first in this
+    module, on its Ray of 2 CPUs before any trial ran, so that no worker's output reaches stdout.)"""
+    from cifar_lab import cli
+
+    capsys.readouterr()
+    flags = ["--subset", "80", "--val-size", "20", "--test-subset", "20", "--batch-size", "20", "--eval-batch-size",
+             "20", "--num-workers", "0", "--max-lr", "0.01", "--scheduler", "step", "--no-download", "--no-report"]
+    base = ["--runs-dir", str(tmp_path), "--data-dir", str(fake_cifar), "--num-samples", "2", *flags]
+    assert cli.search(["--name", "gpu", "--gpus-per-trial", "1", *base]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == ("error: each trial asks for 1 CPU and 1 GPU, but this machine's Ray has 2 CPUs and 0 "
+                           "GPUs: no trial could ever start; use --gpus-per-trial 0 (trials on the CPU), or join "
+                           "a larger cluster with --address") and out == ""
+    assert cli.search(["--name", "cpu", "--cpus-per-trial", "3", *base]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: each trial asks for 3 CPUs, but this machine's Ray "
+                                                      "has 2 CPUs and 0 GPUs: no trial could ever start")
+    assert not any(tmp_path.iterdir())
 
 
 def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, capsys):
@@ -294,65 +316,91 @@ def test_a_search_with_unfinished_trials_is_interrupted_whatever_tune_counts():
     assert "continue with --name s --resume" in line
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
-def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path, sig):
-    """Ctrl-C (or kill -9 of the driver: no chance to clean up) after the first trial finished;
-    --resume runs only the rest."""
+def _wait_for_a_trial_to_finish(proc: subprocess.Popen, sdir: Path, besides: set[str]) -> str:
+    """The id of the first trial (not one of `besides`) whose summary.json appears while `proc` runs."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        new = sorted(p.parent.name for p in (sdir / "trials").glob("*/summary.json") if p.parent.name not in besides)
+        if new:
+            return new[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no trial finished before the deadline (rc {proc.poll()})")
+
+
+def _no_noise(shown: str) -> None:
+    """The search's own output is a few plain lines: no status tables, no colour codes, no Ray notices,
+    no epoch lines (those are in each trial's train.log), no traceback."""
+    for noise in ("\x1b[", "== Status ==", "Token authentication", "epoch   1/1", "Traceback"):
+        assert noise not in shown, (noise, shown[-3000:])
+
+
+def test_interrupted_search_resumes_without_rerunning(fake_cifar, tmp_path):
+    """Ctrl-C after the first trial finished; --resume, whose driver is then killed (kill -9: no chance to
+    clean up) after the second trial finished; --resume again runs only the third. One search serves
+    both interruptions: each resume must leave the trials finished before it as they were."""
     space = tmp_path / "space.json"
     space.write_text(json.dumps({**FIXED, "max_lr": at_512(GOOD_LR)}))
     cmd = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
            "--data-dir", str(fake_cifar), "--num-samples", "3", "--epochs", "1", "--num-cpus", "2",
            "--max-concurrent-trials", "1", "--space", str(space), "--no-report", *TINY_FLAGS]
+    # --no-report is not typed again: the search remembers it (a report would go to cwd/reports)
+    resume = [sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir", str(tmp_path),
+              "--resume", "--num-cpus", "2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     sdir = tmp_path / "search-res"
-    # Its own session, so that Ctrl-C can reach the whole process group, as a terminal sends it
+
+    def finished() -> dict[str, tuple[str, int]]:
+        """Each finished trial's metrics.jsonl: its text and modification time."""
+        return {p.parent.name: ((p.parent / "metrics.jsonl").read_text(),
+                                (p.parent / "metrics.jsonl").stat().st_mtime_ns)
+                for p in (sdir / "trials").glob("*/summary.json")}
+
+    def unchanged(before: dict[str, tuple[str, int]]) -> None:  # finished trials were not run again
+        now = finished()
+        assert {t: now.get(t) for t in before} == before
+
+    # 1. Ctrl-C. Its own session, so that Ctrl-C can reach the whole process group, as a terminal sends it
     # (Ray's worker processes included): what a GPU session's SIGINT showed to fool Tune's counts.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
-    deadline = time.time() + 240
-    done: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        done = sorted((sdir / "trials").glob("*/summary.json")) if (sdir / "trials").is_dir() else []
-        if done:
-            break
-        time.sleep(0.5)
-    assert done, "no trial finished before the deadline"
-    first = done[0].parent
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
+    first = _wait_for_a_trial_to_finish(proc, sdir, set())
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
-    finished_before = {p.parent.name: (p.parent / "metrics.jsonl").read_text()
-                       for p in (sdir / "trials").glob("*/summary.json")}
-    assert first.name in finished_before
-    assert len(finished_before) < 3, out[-3000:]
+    after_ctrl_c = finished()
+    assert first in after_ctrl_c
+    assert len(after_ctrl_c) < 3, out[-3000:]
     assert json.loads((sdir / "search.json").read_text())["status"] != "finished"
-    if sig == signal.SIGINT:
-        assert "continue with --name res --resume" in out and "not finished" in out, out[-3000:]
-    mtimes = {t: (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished_before}
+    assert "continue with --name res --resume" in out and "not finished" in out, out[-3000:]
 
-    # --no-report is not typed again: the search remembers it (a report would go to cwd/reports)
-    res = subprocess.run([sys.executable, str(ROOT / "tuning" / "search.py"), "--name", "res", "--runs-dir",
-                          str(tmp_path), "--resume", "--num-cpus", "2"],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    # 2. --resume, then kill -9 of its driver once one more trial finished.
+    proc = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tmp_path, start_new_session=True)
+    try:
+        second = _wait_for_a_trial_to_finish(proc, sdir, set(after_ctrl_c))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    unchanged(after_ctrl_c)
+    after_kill = finished()
+    assert second in after_kill and len(after_kill) < 3, out[-3000:]
+    assert json.loads((sdir / "search.json").read_text())["status"] != "finished"
+    _no_noise(out)
+
+    # 3. --resume runs the rest.
+    res = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert not (tmp_path / "reports").exists()
     rows = _results(sdir)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}, rows
-    # The search's own output is a few plain lines: no status tables, no colour codes, no Ray
-    # notices, no epoch lines (those are in each trial's train.log); every ended trial pruned.
     shown = res.stdout + res.stderr
-    for noise in ("\x1b[", "== Status ==", "Token authentication", "epoch   1/1", "Traceback"):
-        assert noise not in shown, (noise, shown[-3000:])
+    _no_noise(shown)
     assert len(shown.splitlines()) <= 12, shown
     assert "3 trials: 0 running, 3 finished, 0 stopped early, 0 failed, 0 waiting" in shown
-    for r in rows:
+    for r in rows:  # every ended trial pruned
         tdir = sdir / "trials" / r["trial_id"]
         assert "epoch   1/1" in (tdir / "train.log").read_text()
         assert not (tdir / "checkpoints").exists() and (tdir / "best.safetensors").exists()
-    for t, text in finished_before.items():  # finished trials were not run again
-        assert (sdir / "trials" / t / "metrics.jsonl").read_text() == text
-        assert (sdir / "trials" / t / "metrics.jsonl").stat().st_mtime_ns == mtimes[t]
+    unchanged(after_kill)
     info = json.loads((sdir / "search.json").read_text())
     assert info["status"] == "finished" and info["summary"]["test_acc"] is not None
