@@ -52,10 +52,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _tune_copy(search_dir: Path, trial: str, epoch: int) -> Path:
-    """Tune's copy of the checkpoint `trial` reported after `epoch` (what a recipient adopted)."""
+def _tune_copy(search_dir: Path, trial: str, epoch: int, checkpoint: str) -> Path:
+    """Tune's copy of the checkpoint `trial` reported after `epoch` that a recipient adopted (its id:
+    a trial sent back to an earlier epoch by its own exploit reports that epoch again)."""
     for d in sorted((search_dir / "ray" / trial).glob("checkpoint_*")):
-        if rundir.read_json(d / "origin.json") == {"trial": trial, "epoch": epoch}:
+        if rundir.read_json(d / "origin.json") == {"trial": trial, "epoch": epoch, "id": checkpoint}:
             return d
     raise AssertionError(f"no Tune copy of {trial}'s checkpoint of epoch {epoch}")
 
@@ -159,7 +160,7 @@ def test_an_exploit_replaces_the_weights_and_continues_from_the_donors_epoch(pbt
         last = rows[-1]
         k, donor = last["epoch"], last["donor"]
         assert donor != trial and set(last["before"]) == set(last["after"]) == set(PERTURBED)
-        copy = _tune_copy(sdir, donor, k)
+        copy = _tune_copy(sdir, donor, k, last["checkpoint"])
         run = sdir / "trials" / trial
         mine = run / "checkpoints" / f"epoch_{k:04d}"
         assert _sha(mine / "model.safetensors") == _sha(copy / "checkpoints" / f"epoch_{k:04d}" / "model.safetensors")
@@ -358,6 +359,14 @@ def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
     assert pbt.adopt(me, staged, "r", {}, {}) is None  # a retry after a loss that reported nothing newer
     assert pbt.adopt(donor, staged, "d", {}, {}) is None  # its own: a plain resume
     assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 1
+    # The donor, sent back by its own exploit, reports epoch 2 again with other weights: another state,
+    # adopted again although donor and epoch are the same.
+    (donor / "checkpoints" / "epoch_0002" / "model.safetensors").unlink()
+    (donor / "checkpoints" / "epoch_0002" / "model.safetensors").write_text("donor2-again")
+    again = pbt.adopt(me, pbt.export_checkpoint(donor, 2, "d"), "r", {}, {})
+    assert again is not None and again["checkpoint"] != row["checkpoint"]
+    assert (me / "checkpoints" / "epoch_0002" / "model.safetensors").read_text() == "donor2-again"
+    assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 2
 
 
 def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):

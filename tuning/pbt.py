@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +37,10 @@ from distributed.config import SCHEDULE_KIND, ConfigError, TrainConfig
 from distributed.rundir import RunWriter
 from tuning import space as space_mod
 
-ORIGIN = "origin.json"              # in a checkpoint reported to Tune: {"trial": id, "epoch": k}
+# In a checkpoint reported to Tune: {"trial": id, "epoch": k, "id": unique}. A trial may report the same
+# epoch twice with different weights (an exploit can send it back to an earlier epoch of its donor),
+# so the id, not (trial, epoch), names the state a recipient adopted.
+ORIGIN = "origin.json"
 # Tune's copies of the checkpoints a trial reports (search-<name>/ray/<trial>/checkpoint_*) kept per
 # trial. PBT hands a donor's *last reported* checkpoint to a recipient that restarts when a slot is
 # free: with fewer than 3 kept, the donor's next reports may delete it first (PBT warns at <= 2). 4
@@ -134,7 +138,7 @@ def export_checkpoint(run_dir: Path, epoch: int, trial_id: str) -> Path:
         rows = [r for r in rundir.read_jsonl(run_dir / name) if r.get("epoch", 0) <= epoch]
         (dest / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     shutil.copy2(run_dir / rundir.CONFIG, dest / rundir.CONFIG)
-    (dest / ORIGIN).write_text(json.dumps({"trial": trial_id, "epoch": epoch}) + "\n")
+    (dest / ORIGIN).write_text(json.dumps({"trial": trial_id, "epoch": epoch, "id": uuid.uuid4().hex}) + "\n")
     return dest
 
 
@@ -161,11 +165,12 @@ def adopt(run_dir: Path, checkpoint_dir: Path, trial_id: str, before: dict[str, 
     if origin["trial"] == trial_id:
         return None
     done = rundir.read_jsonl(run_dir / rundir.LINEAGE)
-    if done and (done[-1]["donor"], done[-1]["epoch"]) == (origin["trial"], origin["epoch"]):
+    if done and done[-1].get("checkpoint") == origin.get("id"):
         return None
     writer = RunWriter(run_dir)
     writer.adopt(checkpoint_dir, trial_id)
-    row = {"epoch": int(origin["epoch"]), "donor": origin["trial"], "before": before, "after": after,
+    row = {"epoch": int(origin["epoch"]), "donor": origin["trial"], "checkpoint": origin.get("id"),
+           "before": before, "after": after,
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     writer.log_lineage(row)
     return row
