@@ -14,3 +14,19 @@ from cifar_fixture import make_fake_cifar
 def fake_cifar(tmp_path_factory) -> Path:
     """A tiny CIFAR-10 (500 train / 100 test) in the official format, shared by the session."""
     return make_fake_cifar(tmp_path_factory.mktemp("cifar"), n_train=500, n_test=100)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, object]:
+    """Every Figure the report's figure functions save, by file name (their drawn data is read back)."""
+    from reporting import figures
+
+    kept: dict[str, object] = {}
+    save = figures._save
+
+    def keep(fig, path):
+        kept[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return kept

@@ -37,20 +37,6 @@ TRIALS = [  # trial_id, status, best_val_acc, max_lr at batch 512, dropout, l1, 
 PARAMS = ("max_lr", "dropout", "l1", "cutout_max", "scheduler")
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> dict[str, object]:
-    """Every Figure the figure functions save, by file name."""
-    kept: dict[str, object] = {}
-    save = figures._save
-
-    def keep(fig, path):
-        kept[Path(path).name] = fig
-        return save(fig, path)
-
-    monkeypatch.setattr(figures, "_save", keep)
-    return kept
-
-
 def _write_batch50_search(path: Path) -> Path:
     from tuning.space import at_batch
 

@@ -4,7 +4,7 @@ The search directories are written here from issue 23's file formats (search.jso
 search.scheduler "pbt", results.csv, trials/<id>/metrics.jsonl rows with "schedule",
 trials/<id>/lineage.jsonl, best/schedule.json) around one real tiny run as best/, as
 conftest_report_helpers does for an ASHA search. Figures are read back from the matplotlib Figure
-each function draws (`figures._save` is wrapped to keep it), as in test_report_figures.py.
+each function draws (the `drawn` fixture of conftest.py keeps it), as in test_report_figures.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import pytest
 from cifar_fixture import make_fake_cifar
 from distributed import rundir
 from distributed.config import TrainConfig
-from reporting import figures
 
 # A population of 4 trials x 4 epochs, perturbation every epoch. Exploits (epoch k, recipient <- donor):
 # B <- A at 1, C <- B at 2, A <- C at 3, B <- D at 3. The best trial A's weights: A's epoch 1, then B's
@@ -40,20 +39,6 @@ SCHEDULE = [{"cutout_max": 16, "cutout_p": 0.5, "dropout": 0.0, "flip_p": 0.5, "
             {"cutout_max": 16, "cutout_p": 0.86, "dropout": 0.1, "flip_p": 0.38, "weight_decay": 5.8e-4}]
 VAL_ACC = {A: (0.30, 0.38, 0.45, 0.52), B: (0.30, 0.36, 0.42, 0.47), C: (0.22, 0.38, 0.44, 0.49),
            D: (0.28, 0.33, 0.43, 0.46)}
-
-
-@pytest.fixture
-def drawn(monkeypatch) -> dict[str, object]:
-    """Every Figure the figure functions save, by file name."""
-    kept: dict[str, object] = {}
-    save = figures._save
-
-    def keep(fig, path):
-        kept[Path(path).name] = fig
-        return save(fig, path)
-
-    monkeypatch.setattr(figures, "_save", keep)
-    return kept
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
