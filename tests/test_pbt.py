@@ -138,7 +138,7 @@ def test_a_pbt_population_finishes_with_exploits(pbt_run):
     assert info["summary"]["schedule"] == str(sdir / "best" / "schedule.json")
     progress = [x for x in pbt_run.out.splitlines() if x.startswith("[")]
     assert progress[-1].endswith(f"| {exploits} exploits"), progress[-1]
-    assert f"| {exploits} exploits |" in pbt_run.out.strip().splitlines()[-1]
+    assert f"| {exploits} exploit{'' if exploits == 1 else 's'} |" in pbt_run.out.strip().splitlines()[-1]
 
     # The lost trial: its process was killed, and the trial went on from its own checkpoint
     # (a later start resuming after epoch 1 or more), to the end, without failing.

@@ -180,7 +180,8 @@ class SearchProgress(Callback):
         if getattr(self, "pbt", False):
             if self.exploits is None:  # first line, or after a resume: every trial's rows so far
                 self.exploits = {t.trial_id: self._lineage_rows(t.trial_id) for t in trials}
-            text += f" | {sum(self.exploits.values())} exploits"
+            n = sum(self.exploits.values())
+            text += f" | {n} exploit{'' if n == 1 else 's'}"
         if elapsed is None:
             return text
         s = int(elapsed)

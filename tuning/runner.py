@@ -493,7 +493,8 @@ def summary_line(s: dict[str, Any]) -> str:
     disk = f" | {s['disk_bytes'] / 1e6:,.0f} MB on disk" if s.get("disk_bytes") is not None else ""
     left = s["trials"] - s["completed"] - s["stopped"] - s["failed"]
     unfinished = f", {left} not finished" if left else ""
-    exploits = f" | {s['exploits']} exploits" if s.get("exploits") is not None else ""
+    n = s.get("exploits")
+    exploits = f" | {n} exploit{'' if n == 1 else 's'}" if n is not None else ""
     return (f"search {Path(s['search_dir']).name.removeprefix('search-')}: {s['trials']} trials in {s['wall_seconds']:.0f} s | "
             f"{s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed{unfinished}{exploits} | "
             f"{best}{disk}")
