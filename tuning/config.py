@@ -80,7 +80,8 @@ class SearchConfig:
     # Copy every epoch checkpoint (~90 MB) into Ray's storage. Only needed on a cluster whose nodes
     # do not share --runs-dir: trials resume from their own run dir otherwise, and the copy costs I/O.
     tune_checkpoints: bool = opt(False, "also copy each epoch checkpoint into Ray's storage "
-                                        "(clusters without a shared --runs-dir)")
+                                        "(clusters without a shared --runs-dir; a PBT search always hands its "
+                                        "checkpoints over through Ray's storage)")
 
     def __post_init__(self) -> None:
         def bad(flag: str, value: Any, why: str) -> ConfigError:
