@@ -81,7 +81,7 @@ def build_run_transform(cfg: TrainConfig, mean: Sequence[float]) -> A.Compose | 
     one per schedule entry (each the run's augmentation with that entry's values)."""
     if not cfg.aug_schedule:
         return build_train_transform(cfg.aug, mean)
-    return ScheduledTransform([build_train_transform(cfg.replace(**entry, aug_schedule=()).aug, mean)
+    return ScheduledTransform([build_train_transform(cfg.with_entry(entry).aug, mean)
                                for entry in cfg.aug_schedule], cfg.epochs)
 
 

@@ -178,9 +178,11 @@ class TrainConfig:
 
     def for_epoch(self, epoch: int) -> "TrainConfig":
         """The config 0-based `epoch` trains with: the schedule's entry for it applied (self without one)."""
-        if not self.aug_schedule:
-            return self
-        entry = self.aug_schedule[schedule_index(epoch, self.epochs, len(self.aug_schedule))]
+        entry = self.schedule_entry(epoch)
+        return self if entry is None else self.with_entry(entry)
+
+    def with_entry(self, entry: dict[str, Any]) -> "TrainConfig":
+        """This config with one schedule entry's values in place and no schedule."""
         return self.replace(**entry, aug_schedule=())
 
     def schedule_entry(self, epoch: int) -> dict[str, Any] | None:
@@ -307,7 +309,7 @@ def validate(cfg: TrainConfig) -> None:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ConfigError(f"{where}: {k} must be a number (got {v!r})")
         try:
-            cfg.replace(**entry, aug_schedule=())
+            cfg.with_entry(entry)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 

@@ -143,43 +143,43 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     # .item() syncs with a GPU: there the loss/accuracy shown are refreshed every 10 steps only.
     every = 1 if accelerator.device.type == "cpu" else 10
     t0 = time.perf_counter()
-    for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
-        wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
-        if first_wait is None:  # the epoch's start-up: workers spawning (first epoch), the first batches
-            first_wait = wait
-        x = p.to_input(x)
-        signum = should_stop() if should_stop is not None else 0
-        if signum:
+    try:  # closed on every way out, so a message printed after an error starts on a line of its own
+        for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
+            wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
+            if first_wait is None:  # the epoch's start-up: workers spawning (first epoch), the first batches
+                first_wait = wait
+            x = p.to_input(x)
+            signum = should_stop() if should_stop is not None else 0
+            if signum:
+                raise Preempted(signal.Signals(signum).name, epoch + 1)
+            out = p.model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            with torch.no_grad():
+                ce = F.cross_entropy(out.detach().float(), y) if cfg.label_smoothing else loss.detach().float()
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * l1_penalty(p.model)
+            accelerator.backward(loss)
+            p.optimizer.step()
+            p.optimizer.zero_grad(set_to_none=True)
+            lr = p.optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves it
+            if per_batch_schedule:
+                scheduler.step()
+            loss_sum += loss.detach().float() * y.shape[0]
+            ce_sum += ce * y.shape[0]
+            step_losses.append(loss.detach().float())
+            step_lrs.append(lr)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
             if bar is not None:
-                bar.close()
-            raise Preempted(signal.Signals(signum).name, epoch + 1)
-        out = p.model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-        with torch.no_grad():
-            ce = F.cross_entropy(out.detach().float(), y) if cfg.label_smoothing else loss.detach().float()
-        if cfg.l1 > 0:
-            loss = loss + cfg.l1 * l1_penalty(p.model)
-        accelerator.backward(loss)
-        p.optimizer.step()
-        p.optimizer.zero_grad(set_to_none=True)
-        lr = p.optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves it
-        if per_batch_schedule:
-            scheduler.step()
-        loss_sum += loss.detach().float() * y.shape[0]
-        ce_sum += ce * y.shape[0]
-        step_losses.append(loss.detach().float())
-        step_lrs.append(lr)
-        correct += (out.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
+                if step % every == 0 or step == len(p.train_loader) - 1:
+                    rate = seen * accelerator.num_processes / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                    img_s=f"{rate:,.0f}", refresh=False)
+                bar.update(1)
+            t0 = time.perf_counter()
+    finally:
         if bar is not None:
-            if step % every == 0 or step == len(p.train_loader) - 1:
-                rate = seen * accelerator.num_processes / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{rate:,.0f}", refresh=False)
-            bar.update(1)
-        t0 = time.perf_counter()
-    if bar is not None:
-        bar.close()
+            bar.close()
     # One reduction for the epoch: the totals, then each step's batch loss (summed over processes,
     # divided below: every process takes the same number of equal batches).
     totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=accelerator.device),
@@ -217,19 +217,21 @@ def evaluate(model: nn.Module, loader, to_input: Callable[[torch.Tensor], torch.
     model.eval()
     plain, mirrored, labels, indices = [], [], [], []
     bar = progress_bar(len(loader), progress, progress is not None and accelerator.is_main_process)
-    for x, y, idx in loader:
-        x = to_input(x)
-        out = model(x).float()
-        flip = model(x.flip(3)).float() if tta or both else out
-        out, flip, y, idx = accelerator.gather_for_metrics((out, flip, y, idx))
-        plain.append(out)
-        mirrored.append(flip)
-        labels.append(y)
-        indices.append(idx)
+    try:  # closed on every way out, so a message printed after an error starts on a line of its own
+        for x, y, idx in loader:
+            x = to_input(x)
+            out = model(x).float()
+            flip = model(x.flip(3)).float() if tta or both else out
+            out, flip, y, idx = accelerator.gather_for_metrics((out, flip, y, idx))
+            plain.append(out)
+            mirrored.append(flip)
+            labels.append(y)
+            indices.append(idx)
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     model.train(was_training)
     plain, labels, indices = torch.cat(plain), torch.cat(labels), torch.cat(indices)
     averaged = (plain + torch.cat(mirrored)) / 2 if tta or both else plain

@@ -110,24 +110,29 @@ def check_launch(accelerator: Accelerator) -> None:
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar on stderr when `enabled` and stderr is a terminal, else None: logs and pipes keep
-    only the epoch lines, and nobody pays the GPU syncs of a bar nobody sees.
+    """A tqdm bar when `enabled` and stderr or stdout is a terminal (stderr first), else None: logs
+    and pipes keep only the epoch lines, and nobody pays the GPU syncs of a bar nobody sees.
+
+    Since accelerate 1.16 `accelerate launch` pipes its child's stderr (and copies it to its own):
+    the training process's stderr is then never a terminal, while its stdout still is, so the bar
+    goes there. It is closed before each epoch line is printed, so the two never share a line.
 
     A terminal that reports no size (0 x 0: a pseudo-terminal opened without one, as `script`,
     `docker exec -t` and some IDE consoles give, with or without `accelerate launch`) made tqdm
     print nothing at all: it read -1 rows and hid the bar as "below the screen". Such a terminal
     gets a fixed 100 x 24.
     """
-    if not enabled or not sys.stderr.isatty():
+    stream = next((s for s in (sys.stderr, sys.stdout) if s.isatty()), None) if enabled else None
+    if stream is None:
         return None
     from tqdm.auto import tqdm
 
     try:
-        size = os.get_terminal_size(sys.stderr.fileno())
+        size = os.get_terminal_size(stream.fileno())
     except OSError:
         size = os.terminal_size((0, 0))
     sized = size.columns > 0 and size.lines > 0
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=sized,
+    return tqdm(total=total, desc=desc, leave=False, file=stream, dynamic_ncols=sized,
                 ncols=None if sized else 100, nrows=None if sized else 24)
 
 

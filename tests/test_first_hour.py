@@ -237,9 +237,11 @@ def test_accelerate_launch_draws_the_bar_quietly_and_ctrl_c_in_epoch_1_leaves_no
     assert re.search(r"epoch 1/2: +\d+%\|", out), out[-3000:]
     assert "were not passed to `accelerate launch`" not in out  # the launch file names every value
     assert "interrupted; nothing was written" in out, out[-3000:]
-    # The launcher's own KeyboardInterrupt traceback comes first; the line saying what to do is the last.
+    # Whatever the launcher prints of its own (accelerate < 1.16: a KeyboardInterrupt traceback;
+    # 1.16 pipes the child's stderr and prints nothing), the line saying what to do is the last.
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert lines[-1].startswith("interrupted; nothing was written") and "KeyboardInterrupt" in out, out[-3000:]
+    assert lines[-1].startswith("interrupted; nothing was written"), out[-3000:]
+    assert rc != 0
     assert not (tmp_path / "launched").exists()  # the name stays free
 
 

@@ -107,7 +107,8 @@ class SearchProgress(Callback):
         return {k: v for k, v in self.__dict__.items() if k != "_stream"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _stream=None)
+        # A search started before PBT existed pickled no `pbt`: it was an ASHA search.
+        self.__dict__.update({"pbt": False, **state}, _stream=None)
         self._reset()
 
     @property
@@ -121,7 +122,7 @@ class SearchProgress(Callback):
     # -- Tune's hooks
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         self._consider(result, trial.trial_id)
-        if getattr(self, "pbt", False) and self.exploits is not None:
+        if self.pbt and self.exploits is not None:
             # A recipient writes its lineage row before its first result after the exploit.
             self.exploits[trial.trial_id] = self._lineage_rows(trial.trial_id)
 
@@ -177,7 +178,7 @@ class SearchProgress(Callback):
                 else "no result yet")
         text = (f"{self.num_samples} trials: {c['running']} running, {c['finished']} finished, "
                 f"{c['stopped']} stopped early, {c['failed']} failed, {c['waiting']} waiting | {best}")
-        if getattr(self, "pbt", False):
+        if self.pbt:
             if self.exploits is None:  # first line, or after a resume: every trial's rows so far
                 self.exploits = {t.trial_id: self._lineage_rows(t.trial_id) for t in trials}
             n = sum(self.exploits.values())
@@ -221,7 +222,7 @@ class SearchProgress(Callback):
         if not self.prune:
             return
         RunWriter(self.search_dir / rundir.TRIALS / trial.trial_id).prune_ended()
-        if getattr(self, "pbt", False):
+        if self.pbt:
             from tuning.pbt import prune_tune_checkpoints
 
             # An ended trial is never a donor again (PBT ranks live trials only); a paused recipient
