@@ -218,3 +218,52 @@ def test_augmentation_is_keyed_on_seed_epoch_and_batch_not_on_worker_state():
 def torch_equal(a, b):
     import torch
     return torch.equal(a.contiguous(), b.contiguous())
+
+
+_HOLD_BATCHES = """
+import sys, numpy as np, torch
+from distributed.augment import build_train_transform
+from distributed.config import AugConfig
+from distributed.data import CifarDataset, load_cifar10, make_loader
+data = load_cifar10(sys.argv[1], download=False)
+loader = make_loader(CifarDataset(data.train_x, data.train_y, np.arange(500), build_train_transform(AugConfig(), (0.5,) * 3)),
+                     20, shuffle=True, seed=0, num_workers=2, drop_last=True, pin_memory=False)
+held = []
+for x, y, i in loader:
+    held.append((x, y, i))  # held: their shared memory stays mapped until the process dies
+    if len(held) == 8:
+        print("holding", flush=True)
+        sys.stdin.read()  # until killed
+"""
+
+
+def test_a_loader_killed_with_9_leaves_no_shared_memory_behind(fake_cifar):
+    """Loader workers hand batches over as named shared-memory files (`_seed_worker`: much cheaper
+    than torch's default descriptor passing); torch's shm manager must remove them when the
+    processes holding them are killed without a chance to clean up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    before = {p.name for p in shm.iterdir()}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_BATCHES, str(fake_cifar)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding", proc.stderr.read()
+        made = {p.name for p in shm.iterdir()} - before
+        assert any(n.startswith("torch_") for n in made), made  # the batches are in named files
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its workers, as the OOM killer or a job end does
+        proc.wait()
+        deadline = time.time() + 30
+        while (left := {p.name for p in shm.iterdir()} & made) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not left, f"left in /dev/shm after kill -9: {sorted(left)[:5]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
