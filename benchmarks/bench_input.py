@@ -6,13 +6,17 @@ transform `build_train_transform(AugConfig(), mean)`: uint8 batches, made model 
 `ModelInput` in this process (on the GPU with `--device cuda`), as `fit` does.
 Float (the baseline, the pipeline before 2026-12): the same loader with
 `build_float_train_transform`: Normalize and the cutout on float32 in the workers, float NCHW
-batches across the worker boundary. Bare: our transform applied image by image in this process,
+batches across the worker boundary, handed over as torch does by default (file descriptors passed
+through a socket that a thread of each worker serves, one connection per tensor). Ours, fd: our
+pipeline with that handover instead of named shared-memory files (`data._seed_worker`, since
+2026-12-02): what the handover alone is worth. Bare: our transform applied image by image in this process,
 stacked into batches (the minimum work any loader must do); bare float likewise for the baseline.
 Both loaders iterate whole epochs over the first `--num-images` CIFAR-10 training images; their
-first epoch (worker start-up) is not timed; timed epochs of all four alternate, in rotating order.
+first epoch (worker start-up) is not timed; timed epochs of all five alternate, in rotating order.
 
     per-worker efficiency = loader / (N x its bare rate)     (1.0 = perfect scaling over workers)
     speedup over float    = ours / float                    (the goal: >= 1.4 on CPU, 1 and 2 workers)
+    handover speedup      = ours / ours with torch's default handover   (workers > 0)
 
 With `--device cuda` both loaders' batches are copied to the GPU (pinned, non-blocking) and it also
 times a bf16 training step on synthetic batches: the rate at which the GPU consumes images, so
@@ -88,16 +92,32 @@ def main(argv=None) -> None:
             x = x.permute(0, 3, 1, 2)
             return (x if channels_last else x.contiguous()), y, i
 
+    def torch_default_handover(loader):
+        """The loader's workers hand tensors over as before 2026-12-02: torch's default, file descriptors."""
+        init = loader.worker_init_fn
+
+        def fd_init(worker_id: int) -> None:
+            init(worker_id)
+            torch.multiprocessing.set_sharing_strategy("file_descriptor")
+
+        loader.worker_init_fn = fd_init if init is not None else None
+        return loader
+
+    def ours_loader():
+        return make_loader(CifarDataset(data.train_x, data.train_y, idx, build_train_transform(aug, mean), seed=0),
+                           bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu)
+
     loaders = {
-        "ours": make_loader(CifarDataset(data.train_x, data.train_y, idx, build_train_transform(aug, mean), seed=0),
-                            bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu),
-        "float": make_loader(FloatBatches(data.train_x, data.train_y, idx, build_float_train_transform(aug, mean, std),
-                                          seed=0), bs, shuffle=True, seed=0, num_workers=workers, drop_last=True,
-                             pin_memory=gpu),
+        "ours": ours_loader(),
+        "float": torch_default_handover(make_loader(
+            FloatBatches(data.train_x, data.train_y, idx, build_float_train_transform(aug, mean, std), seed=0),
+            bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu)),
     }
+    if workers > 0:  # without workers nothing is handed over
+        loaders["ours_fd"] = torch_default_handover(ours_loader())
     batches_per_epoch = len(loaders["ours"])
     images_per_epoch = batches_per_epoch * bs
-    epochs = {"ours": 0, "float": 0}
+    epochs = {name: 0 for name in loaders}
 
     def loader_epoch(name: str) -> float:
         """One epoch of batches made ready for the model: on the device, and (ours) normalised."""
@@ -107,7 +127,7 @@ def main(argv=None) -> None:
         t0 = timer()
         for x, y, _ in loader:
             x = x.to(device, non_blocking=gpu)
-            if name == "ours":
+            if name != "float":
                 x = to_input(x)
         if gpu:
             torch.cuda.synchronize()
@@ -128,16 +148,18 @@ def main(argv=None) -> None:
         return timer() - t0
 
     startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
-    runs = [("ours", loader_epoch), ("float", loader_epoch), ("bare", lambda _: bare_pass("ours")),
-            ("bare_float", lambda _: bare_pass("float"))]
+    runs = [(name, loader_epoch) for name in loaders] + [("bare", lambda _: bare_pass("ours")),
+                                                         ("bare_float", lambda _: bare_pass("float"))]
     times: dict[str, list[float]] = {name: [] for name, _ in runs}
-    for i in range(args.repeats):  # rotate the order so drifting load hits all four alike
-        for name, fn in runs[i % 4:] + runs[:i % 4]:
+    for i in range(args.repeats):  # rotate the order so drifting load hits all alike
+        k = i % len(runs)
+        for name, fn in runs[k:] + runs[:k]:
             times[name].append(fn(name))
     ips = {name: images_per_epoch / median(t) for name, t in times.items()}
     eff = ips["ours"] / (max(1, workers) * ips["bare"])
     float_eff = ips["float"] / (max(1, workers) * ips["bare_float"])
     speedup = ips["ours"] / ips["float"]
+    fd_ips = ips.get("ours_fd")
 
     gpu_ips = None
     if gpu:
@@ -158,6 +180,7 @@ def main(argv=None) -> None:
         "per_worker_efficiency": r(eff, 3),
         "float_images_per_s": r(ips["float"], 1), "bare_float_images_per_s": r(ips["bare_float"], 1),
         "float_per_worker_efficiency": r(float_eff, 3), "speedup_over_float": r(speedup, 3),
+        "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
         "first_epoch_s_incl_startup": r(startup["ours"], 3),
         "float_first_epoch_s_incl_startup": r(startup["float"], 3),
         "gpu_step_images_per_s_bf16": r(gpu_ips, 1),
@@ -167,10 +190,12 @@ def main(argv=None) -> None:
     })
     gpu_txt = (f"; GPU bf16 step eats {gpu_ips:,.0f} img/s -> loader/GPU {ips['ours'] / gpu_ips:.2f} "
                f"(float {ips['float'] / gpu_ips:.2f})" if gpu_ips else "")
+    fd_txt = (f"; with torch's default handover {fd_ips:,.0f} img/s (ours {ips['ours'] / fd_ips:.2f}x)"
+              if fd_ips else "")
     emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
               f"colour p {aug.color_p}]: ours (uint8) {ips['ours']:,.0f} img/s vs float pipeline "
               f"{ips['float']:,.0f} img/s -> {speedup:.2f}x; per-worker efficiency {eff:.2f} (float "
-              f"{float_eff:.2f}){gpu_txt}")
+              f"{float_eff:.2f}){fd_txt}{gpu_txt}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def _input(r: dict) -> tuple[str, str]:
     base = (f"; the float pipeline it replaced (Normalize in the workers) {_num(r['float_images_per_s'])} img/s: "
             f"{r['speedup_over_float']:.2f}x; per worker {r['per_worker_efficiency']:.2f} (float "
             f"{r['float_per_worker_efficiency']:.2f})" if r.get("float_images_per_s") is not None else "")
+    base += (f"; with torch's default handover {_num(r['ours_fd_images_per_s'])} img/s: "
+             f"{r['handover_speedup']:.2f}x" if r.get("handover_speedup") is not None else "")
     speed = r.get("speedup_over_float")
     return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
             f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{base}{gpu}",
