@@ -390,6 +390,8 @@ def collect_run(run_dir: Path) -> dict | None:
     out.update(finished=bool(summary), epochs=rows[-1]["epoch"] if rows else 0,
                first_epoch_s=rows[0]["epoch_seconds"] if rows else None,
                first_batch_s=rows[0].get("first_batch_seconds") if rows else None,
+               # epochs 2+: whether the workers had the epoch's first batches ready (`TrainBatches.start`)
+               later_first_batch_s_median=_median(col("first_batch_seconds")[1:]),
                median_epoch_s=_median(col("epoch_seconds")[1:] or col("epoch_seconds")),
                data_wait_frac_mean=sum(col("data_wait_frac")) / len(rows) if rows else None,
                data_wait_frac_max=max(col("data_wait_frac"), default=None),

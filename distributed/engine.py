@@ -35,7 +35,7 @@ from torch import nn
 
 from distributed import rundir, tracking
 from distributed.config import TrainConfig, precision_name
-from distributed.data import CifarArrays, epoch_batches, load_cifar10, make_split
+from distributed.data import CifarArrays, load_cifar10, make_split
 from distributed.failures import NonFiniteLossError
 from distributed.model import count_parameters, unwrap
 from distributed.pipeline import (Pipeline, build_accelerator, build_model, build_pipeline, build_scheduler,
@@ -144,7 +144,7 @@ def train_one_epoch(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     every = 1 if accelerator.device.type == "cpu" else 10
     t0 = time.perf_counter()
     try:  # closed on every way out, so a message printed after an error starts on a line of its own
-        for step, (x, y, _) in enumerate(epoch_batches(p.train_loader, epoch)):
+        for step, (x, y, _) in enumerate(p.train_batches.epoch(epoch)):
             wait += time.perf_counter() - t0  # time blocked on the loader since the last step ended
             if first_wait is None:  # the epoch's start-up: workers spawning (first epoch), the first batches
                 first_wait = wait
@@ -442,6 +442,8 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
                    **train_one_epoch(epoch_cfg, accelerator, p, scheduler, epoch, progress, steps, should_stop)}
         except Preempted as e:  # add what a --resume continues from
             raise Preempted(e.signal_name, e.epoch, resume_epoch) from None
+        if epoch + 1 < cfg.epochs:  # the loader workers make its first batches during validation and checkpoint
+            p.train_batches.start(epoch + 1)
         if cfg.aug_schedule:
             row["schedule"] = cfg.schedule_entry(epoch)  # what this epoch trained with, read back by reports
         _validate_and_step(cfg, accelerator, p, scheduler, row, progress)

@@ -22,7 +22,8 @@ from torch import nn
 
 from distributed.augment import ModelInput, build_run_transform
 from distributed.config import ConfigError, TrainConfig
-from distributed.data import CifarArrays, CifarDataset, Split, channel_stats, load_cifar10, make_loader, make_split
+from distributed.data import (CifarArrays, CifarDataset, Split, TrainBatches, channel_stats, load_cifar10, make_loader,
+                             make_split)
 from distributed.model import resnet18
 
 
@@ -226,6 +227,11 @@ class Pipeline:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     to_input: ModelInput        # a loader's uint8 batch -> the model's input (normalised on the device)
+    train_batches: TrainBatches | None = None  # train_loader's epochs, the next one startable ahead (default: made here)
+
+    def __post_init__(self) -> None:
+        if self.train_batches is None:
+            self.train_batches = TrainBatches(self.train_loader)
 
 
 def build_pipeline(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays | None) -> Pipeline:

@@ -267,3 +267,53 @@ def test_a_loader_killed_with_9_leaves_no_shared_memory_behind(fake_cifar):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+class _RecordingDataset(CifarDataset):
+    """Writes the epoch of every batch a worker makes, as it starts making it, to a file."""
+
+    def __init__(self, *args, log, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def __getitems__(self, keys):
+        with open(self.log, "a") as f:
+            f.write(f"{int(keys[0]) // len(self.indices)}\n")
+        return super().__getitems__(keys)
+
+
+def test_the_next_epoch_is_made_by_the_workers_before_it_is_iterated_and_is_the_same(tmp_path):
+    """`TrainBatches.start(e)` (called by fit right after an epoch's training) sends epoch e to the
+    persistent workers while the trainer validates; the batches it then yields are exactly those
+    of an epoch that was not started ahead."""
+    import time
+
+    import torch
+
+    from distributed.data import TrainBatches, make_loader
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64)
+    transform = build_train_transform(AugConfig(flip_p=0.5, cutout_p=0.5), (0.5, 0.5, 0.5))
+
+    def batches(log):
+        ds = _RecordingDataset(images, labels, np.arange(64), transform, seed=3, log=log)
+        return TrainBatches(make_loader(ds, 8, shuffle=True, seed=3, num_workers=2, drop_last=True,
+                                        pin_memory=False))
+
+    ahead, log = batches(tmp_path / "ahead.log"), tmp_path / "ahead.log"
+    assert len(list(ahead.epoch(0))) == 8
+    ahead.start(1)  # and nothing iterated: the workers must begin epoch 1 on their own
+    deadline = time.time() + 60
+    while "1" not in log.read_text().split() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "1" in log.read_text().split(), "start(1) sent no batch of epoch 1 to the workers"
+    got = list(ahead.epoch(1))
+
+    plain = batches(tmp_path / "plain.log")
+    list(plain.epoch(0))
+    expected = list(plain.epoch(1))
+    assert len(got) == len(expected) == 8
+    for (x, y, i), (x2, y2, i2) in zip(got, expected):
+        assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)
+    assert len(list(ahead.epoch(2))) == 8  # and the epochs after go on as before
