@@ -15,6 +15,9 @@ Both loaders iterate whole epochs over the first `--num-images` CIFAR-10 trainin
 first epoch (worker start-up) is not timed; timed epochs of all five alternate, in rotating order.
 
     per-worker efficiency = loader / (N x its bare rate)     (1.0 = perfect scaling over workers)
+    machine scaling       = N bare processes at once / (N x one alone)   (workers > 1: what the
+                            cores give N busy processes with nothing handed over; the loader's
+                            efficiency / this = how much of that the loader gets)
     speedup over float    = ours / float                    (the goal: >= 1.4 on CPU, 1 and 2 workers)
     handover speedup      = ours / ours with torch's default handover   (workers > 0)
 
@@ -147,9 +150,31 @@ def main(argv=None) -> None:
                 x.permute(0, 3, 1, 2).contiguous()
         return timer() - t0
 
+    def bare_parallel(name: str) -> float:
+        """`workers` forked processes doing the bare pass at the same moment, nothing handed over:
+        what this machine gives that many busy processes. The seconds of the slowest; the rate
+        counts all of their images (so per process, divide by `workers`)."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        barrier, times_q = ctx.Barrier(workers), ctx.SimpleQueue()
+
+        def one() -> None:
+            barrier.wait()
+            times_q.put(bare_pass("ours"))
+
+        procs = [ctx.Process(target=one) for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        return max(times_q.get() for _ in procs) / workers
+
     startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
     runs = [(name, loader_epoch) for name in loaders] + [("bare", lambda _: bare_pass("ours")),
                                                          ("bare_float", lambda _: bare_pass("float"))]
+    if workers > 1:  # the machine's own scaling over that many processes, beside the loader's
+        runs.append(("bare_parallel", bare_parallel))
     times: dict[str, list[float]] = {name: [] for name, _ in runs}
     for i in range(args.repeats):  # rotate the order so drifting load hits all alike
         k = i % len(runs)
@@ -159,6 +184,9 @@ def main(argv=None) -> None:
     eff = ips["ours"] / (max(1, workers) * ips["bare"])
     float_eff = ips["float"] / (max(1, workers) * ips["bare_float"])
     speedup = ips["ours"] / ips["float"]
+    # 1.0 when N busy processes each run as fast as one alone; below it the machine itself (shared
+    # cores, a noisy host) caps what N workers can give, whatever the loader does.
+    machine = ips["bare_parallel"] / (workers * ips["bare"]) if "bare_parallel" in ips else None
     fd_ips = ips.get("ours_fd")
 
     gpu_ips = None
@@ -180,6 +208,8 @@ def main(argv=None) -> None:
         "per_worker_efficiency": r(eff, 3),
         "float_images_per_s": r(ips["float"], 1), "bare_float_images_per_s": r(ips["bare_float"], 1),
         "float_per_worker_efficiency": r(float_eff, 3), "speedup_over_float": r(speedup, 3),
+        "bare_parallel_images_per_s": r(ips.get("bare_parallel"), 1), "machine_scaling": r(machine, 3),
+        "per_worker_efficiency_of_machine": r(eff / machine, 3) if machine else None,
         "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
         "first_epoch_s_incl_startup": r(startup["ours"], 3),
         "float_first_epoch_s_incl_startup": r(startup["float"], 3),
@@ -192,10 +222,12 @@ def main(argv=None) -> None:
                f"(float {ips['float'] / gpu_ips:.2f})" if gpu_ips else "")
     fd_txt = (f"; with torch's default handover {fd_ips:,.0f} img/s (ours {ips['ours'] / fd_ips:.2f}x)"
               if fd_ips else "")
+    machine_txt = (f"; {workers} bare processes at once scale {machine:.2f} of {workers} x one (the machine), "
+                   f"so the loader gives {eff / machine:.2f} of what it could" if machine else "")
     emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
               f"colour p {aug.color_p}]: ours (uint8) {ips['ours']:,.0f} img/s vs float pipeline "
               f"{ips['float']:,.0f} img/s -> {speedup:.2f}x; per-worker efficiency {eff:.2f} (float "
-              f"{float_eff:.2f}){fd_txt}{gpu_txt}")
+              f"{float_eff:.2f}){fd_txt}{machine_txt}{gpu_txt}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def _input(r: dict) -> tuple[str, str]:
             f"{r['float_per_worker_efficiency']:.2f})" if r.get("float_images_per_s") is not None else "")
     base += (f"; with torch's default handover {_num(r['ours_fd_images_per_s'])} img/s: "
              f"{r['handover_speedup']:.2f}x" if r.get("handover_speedup") is not None else "")
+    base += (f"; {r['workers']} bare processes at once scale {r['machine_scaling']:.2f} (the host), so the loader gives "
+             f"{r['per_worker_efficiency_of_machine']:.2f} of what the host allows" if r.get("machine_scaling") else "")
     speed = r.get("speedup_over_float")
     return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
             f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{base}{gpu}",

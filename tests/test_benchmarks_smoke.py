@@ -49,11 +49,15 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.main(["--device", "cpu", "--data-dir", str(fake_cifar), "--num-images", "64", "--batch-size", "16",
-              "--workers", "1", "--repeats", "1", "--affine-p", "1", "--color-p", "1"])
+              "--workers", "2", "--repeats", "1", "--affine-p", "1", "--color-p", "1"])
     res = json.loads(capsys.readouterr().out.splitlines()[0])
     assert res["bench"] == "input" and (res["affine_p"], res["color_p"]) == (1.0, 1.0)
     assert res["num_images"] == 64 and res["ours_images_per_s"] > 0 and res["bare_images_per_s"] > 0
     assert res["ours_fd_images_per_s"] > 0 and res["handover_speedup"] > 0  # the handover's own before/after
+    # what 2 busy processes get from this machine, beside the loader's 2 workers
+    assert res["bare_parallel_images_per_s"] > 0 and res["machine_scaling"] > 0
+    assert res["per_worker_efficiency_of_machine"] == pytest.approx(
+        res["per_worker_efficiency"] / res["machine_scaling"], rel=0.01)
 
 
 @pytest.mark.parametrize("name, bf16, peak", [
