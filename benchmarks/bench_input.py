@@ -7,7 +7,8 @@ transform `build_train_transform(AugConfig(), mean)`: uint8 batches, made model 
 Float (the baseline, the pipeline before 2026-12): the same loader with
 `build_float_train_transform`: Normalize and the cutout on float32 in the workers, float NCHW
 batches across the worker boundary, handed over as torch does by default (file descriptors passed
-through a socket that a thread of each worker serves, one connection per tensor). Ours, fd: our
+through a socket that a thread of each worker serves, one connection per tensor; labels and
+positions as tensors too). Ours, fd: our
 pipeline with that handover instead of named shared-memory files (`data._seed_worker`, since
 2026-12-02): what the handover alone is worth. Bare: our transform applied image by image in this process,
 stacked into batches (the minimum work any loader must do); bare float likewise for the baseline.
@@ -93,7 +94,8 @@ def main(argv=None) -> None:
         def __getitems__(self, keys):
             x, y, i = super().__getitems__(keys)
             x = x.permute(0, 3, 1, 2)
-            return (x if channels_last else x.contiguous()), y, i
+            # labels and positions as tensors, as they were sent before 2026-12-02 (ours: arrays)
+            return (x if channels_last else x.contiguous()), torch.as_tensor(y), torch.as_tensor(i)
 
     def torch_default_handover(loader):
         """The loader's workers hand tensors over as before 2026-12-02: torch's default, file descriptors."""

@@ -16,7 +16,7 @@ import torch
 from distributed import rundir
 from distributed.augment import ScheduledTransform, build_run_transform
 from distributed.config import ConfigError, TrainConfig, load_schedule, schedule_index
-from distributed.data import CifarDataset, make_loader
+from distributed.data import CifarDataset, TrainBatches, make_loader
 from distributed.engine import apply_regularisers, fit
 from distributed.model import resnet18
 
@@ -60,10 +60,10 @@ def test_scheduled_augmentation_changes_at_the_epoch_boundary_in_persistent_work
     assert isinstance(transform, ScheduledTransform)
     ds = CifarDataset(images, np.zeros(16, dtype=np.int64), np.arange(16), transform, seed=1)
     loader = make_loader(ds, 16, shuffle=False, seed=0, num_workers=1, drop_last=True, pin_memory=False)
+    batches = TrainBatches(loader)  # as fit iterates it
     seen = []
     for epoch in range(2):
-        loader.sampler.set_epoch(epoch)
-        (x, _, idx), = list(loader)
+        (x, _, idx), = list(batches.epoch(epoch))
         seen.append((x.numpy(), idx.numpy()))
     (x0, i0), (x1, i1) = seen
     assert np.array_equal(x0, images[i0])
