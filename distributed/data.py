@@ -309,8 +309,9 @@ class CifarDataset(Dataset):
             # arrays inside the queue's pickled message: as tensors, each would be a shared-memory
             # file of its own, created, mapped, registered with torch's shm manager and unmapped
             # again per batch, on both sides. A small gain, measured on a 2-core CPU (batch 256,
-            # default recipe, 2026-12-02; 6 runs, each the median of 8 interleaved epochs of 16,384
-            # images): 2 workers 0.97-1.22x (median 1.06x), 1 worker 0.94-1.10x (1.02x); more on a
+            # default recipe, 2026-12-02; 6 runs with 2 workers and 5 with 1, each the median of 8
+            # interleaved epochs of 16,384 images): 2 workers 0.97-1.22x (median 1.06x), 1 worker
+            # 0.94-1.10x (1.02x); expected to be more on a
             # GPU host, where one trainer receives the batches of many workers.
             # `TrainBatches` makes them tensors again.
             return torch.from_numpy(batch), self.labels[src], src
