@@ -311,9 +311,8 @@ class CifarDataset(Dataset):
             # again per batch, on both sides. A small gain, measured on a 2-core CPU (batch 256,
             # default recipe, 2026-12-02; 6 runs with 2 workers and 5 with 1, each the median of 8
             # interleaved epochs of 16,384 images): 2 workers 0.97-1.22x (median 1.06x), 1 worker
-            # 0.94-1.10x (1.02x); expected to be more on a
-            # GPU host, where one trainer receives the batches of many workers.
-            # `TrainBatches` makes them tensors again.
+            # 0.94-1.10x (1.02x); expected to be more on a GPU host, where one trainer receives the
+            # batches of many workers. `TrainBatches` makes them tensors again.
             return torch.from_numpy(batch), self.labels[src], src
         return torch.from_numpy(batch), torch.from_numpy(self.labels[src]), torch.from_numpy(src)
 
@@ -380,7 +379,7 @@ def make_loader(dataset: CifarDataset, batch_size: int, *, shuffle: bool, seed: 
     """A DataLoader over `dataset` with an `EpochSampler`.
 
     Its epoch drives shuffling and augmentation: `loader.sampler.set_epoch(e)` on this loader, but
-    `prepared.set_epoch(e)` once Accelerate has prepared it (see `TrainBatches.start`).
+    `prepared.set_epoch(e)` once Accelerate has prepared it; `TrainBatches` does this.
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
     init = None
@@ -446,23 +445,14 @@ class TrainBatches:
         batches, self._ahead = self._ahead[1], None
         device = getattr(self.loader, "device", None) if hasattr(self.loader, "base_dataloader") else None
         non_blocking = getattr(self.loader, "_non_blocking", False)
+        from accelerate.utils import send_to_device
+
         for x, y, i in batches:
             if isinstance(y, np.ndarray):  # from a worker (`CifarDataset.__getitems__`)
                 y, i = torch.from_numpy(y), torch.from_numpy(i)
                 if x.is_pinned():  # as the images are, so that their copies to the GPU stay asynchronous too
                     y, i = y.pin_memory(), i.pin_memory()
             if device is not None:
-                from accelerate.utils import send_to_device
-
                 x, y, i = send_to_device((x, y, i), device, non_blocking=non_blocking)
             yield x, y, i
 
-
-def epoch_batches(loader, epoch: int) -> Iterator:
-    """One epoch of a (prepared) training loader, shuffled and augmented for `epoch`; started now.
-
-    The epoch is set on the loader, not on its sampler: Accelerate's DataLoaderShard re-sets the
-    sampler's epoch from its own counter at every `iter()` (and only advances that counter when an
-    iteration runs to the end), so a sampler-only `set_epoch` would be silently undone.
-    """
-    return TrainBatches(loader).epoch(epoch)

@@ -13,7 +13,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from distributed.config import TrainConfig
-from distributed.data import CifarArrays, epoch_batches
+from distributed.data import CifarArrays
 from distributed.pipeline import build_accelerator, build_pipeline
 from distributed.rundir import RunWriter
 
@@ -67,7 +67,7 @@ def run_range_test(cfg: TrainConfig, accelerator, pipeline, start_lr: float = 1e
     lrs, raw, smoothed, avg, best = [], [], [], 0.0, math.inf
     step, epoch = 0, 0
     while step < num_steps:
-        for x, y, _ in epoch_batches(pipeline.train_loader, 10_000 + epoch):  # epochs no real run uses
+        for x, y, _ in pipeline.train_batches.epoch(10_000 + epoch):  # epochs no real run uses
             lr = start_lr * gamma ** step
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -403,14 +403,13 @@ def test_every_epoch_reshuffles_and_redraws_augmentation_and_a_resume_sees_the_s
     # Accelerate's prepared loader re-sets its sampler's epoch from its own counter; a bug there
     # would train every epoch on one fixed order and one fixed set of augmented images.
     import torch
-    from distributed.data import epoch_batches
     from distributed.pipeline import build_accelerator, build_pipeline
 
     cfg = tiny_cfg(fake_cifar, "unused").replace(flip_p=0.5, cutout_p=0.5)
     accelerator = build_accelerator(cfg)
 
     def epoch(p, e):
-        xs, idx = zip(*[(x, i) for x, _, i in epoch_batches(p.train_loader, e)])
+        xs, idx = zip(*[(x, i) for x, _, i in p.train_batches.epoch(e)])
         return torch.cat(idx).tolist(), torch.cat(xs)
 
     p = build_pipeline(cfg, accelerator, None)
