@@ -177,35 +177,38 @@ def train(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     main_process = int(os.environ.get("RANK", "0")) == 0
-    try:
-        # SIGTERM (SLURM's preemption and requeue, Kubernetes, spot instances) stops training at
-        # the next step on every rank instead of killing it wherever it is.
-        with stop_on_signals(signal.SIGTERM) as stop:
+    # SIGTERM (SLURM's preemption and requeue, Kubernetes, spot instances) stops training at the
+    # next step on every rank instead of killing it wherever it is. It stays held while a stopped
+    # run says what it kept: `accelerate launch` (>= 1.16) and torchrun answer Ctrl-C by sending
+    # the trainer SIGTERM, which would otherwise end it before that line (the report, built
+    # after the block, is not held: a scheduler's SIGTERM ends it).
+    with stop_on_signals(signal.SIGTERM) as stop:
+        try:
             if args.find_lr and not resuming:
                 # The suggestion, unless a max_lr was chosen (a flag or a --config file).
                 cfg = find_lr(cfg, run_dir, use_suggestion=cfg.max_lr is None)
             summary = fit(cfg, run_dir, resume=args.resume, stop=stop, cli_options=options)
-    except (ConfigError, DataError, LaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if main_process:  # Ctrl-C reaches every rank; one line says it
-            kept, then = _kept(cfg, run_dir)
-            _outlive_the_launcher()
-            print(f"interrupted; {kept}; {then}", file=sys.stderr, flush=True)
-        return 130
-    except Preempted as e:
-        if main_process:
-            kept = f"newest checkpoint: epoch {e.resume_epoch}" if e.resume_epoch else "no checkpoint yet"
-            print(f"stopped by {e.signal_name} in epoch {e.epoch}, nothing half-written ({kept}); continue with: "
-                  f"{_resume_command(cfg)}", file=sys.stderr, flush=True)
-        return 128 + signal.SIGTERM  # 143, what a process killed by SIGTERM returns: schedulers expect it
-    except Exception as e:  # noqa: BLE001 - every failure ends the process, saying what is kept
-        # The run has failed: torch's SIGCHLD handler reporting a dead loader worker again (it
-        # raises wherever the process is) would only interrupt the report of this failure.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _report_failure(e, cfg, run_dir, debug=args.debug or os.environ.get("CIFAR_LAB_DEBUG", "") not in ("", "0"))
-        return 1
+        except (ConfigError, DataError, LaunchError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if main_process:  # Ctrl-C reaches every rank; one line says it
+                kept, then = _kept(cfg, run_dir)
+                _outlive_the_launcher(stop)
+                print(f"interrupted; {kept}; {then}", file=sys.stderr, flush=True)
+            return 130
+        except Preempted as e:
+            if main_process:
+                kept = f"newest checkpoint: epoch {e.resume_epoch}" if e.resume_epoch else "no checkpoint yet"
+                print(f"stopped by {e.signal_name} in epoch {e.epoch}, nothing half-written ({kept}); continue with: "
+                      f"{_resume_command(cfg)}", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM  # 143, what a process killed by SIGTERM returns: schedulers expect it
+        except Exception as e:  # noqa: BLE001 - every failure ends the process, saying what is kept
+            # The run has failed: torch's SIGCHLD handler reporting a dead loader worker again (it
+            # raises wherever the process is) would only interrupt the report of this failure.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _report_failure(e, cfg, run_dir, debug=args.debug or os.environ.get("CIFAR_LAB_DEBUG", "") not in ("", "0"))
+            return 1
     if summary.get("test_acc") is None or not main_process:
         return 0  # only the main process of a DDP run builds the report
     return finish_run(run_dir, args)
@@ -328,11 +331,13 @@ def _launcher_prefix(script: str) -> list[str] | None:
     return shown
 
 
-def _outlive_the_launcher(within: float = 3.0) -> None:
+def _outlive_the_launcher(stop, within: float = 3.0) -> None:
     """On Ctrl-C, wait (at most `within` seconds) until `accelerate launch` has exited when it is
-    this process's launcher. Its one-process launcher gets the terminal's SIGINT too, waits 0.25 s
-    for us, then prints a ~20-line KeyboardInterrupt traceback: printed after it, the line saying
-    how to continue stays the last one on the screen instead of being buried."""
+    this process's launcher, so that the line saying how to continue is the last one on the screen.
+    Its one-process launcher gets the terminal's SIGINT too. Before 1.16 it waits 0.25 s for us,
+    then prints a ~20-line KeyboardInterrupt traceback and exits: printed after it, our line is not
+    buried. From 1.16 it prints nothing, sends us SIGTERM (`stop` records it) and waits for us
+    while passing our stderr on: then there is nothing to wait for."""
     ppid = os.getppid()
     parent = _parent_argv()
     if (parent is None or "WORLD_SIZE" in os.environ or not sys.argv
@@ -340,9 +345,10 @@ def _outlive_the_launcher(within: float = 3.0) -> None:
                        for a in (_launcher_prefix(sys.argv[0]) or []))):
         return
     deadline = time.monotonic() + within
-    while os.getppid() == ppid and time.monotonic() < deadline:
+    while os.getppid() == ppid and not stop.signal and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.05)  # its traceback is written before it exits; let the terminal show it first
+    if not stop.signal:
+        time.sleep(0.05)  # its traceback is written before it exits; let the terminal show it first
 
 
 def _runs_with(script: str, interpreter: str) -> bool:

@@ -340,6 +340,7 @@ def _seed_worker(worker_id: int, trainer_exiting=None) -> None:
     # batch against 42-49; an epoch of 64 batches 0.83-0.98 s against 1.3-2.1 s); torch's shm
     # manager removes them when their processes are gone, kill -9 included.
     torch.multiprocessing.set_sharing_strategy("file_system")
+    _start_shm_manager_deaf_to_sigterm()
     signal.signal(signal.SIGTERM, functools.partial(_sigterm_in_a_worker, trainer_exiting))
     rank = int(os.environ.get("RANK", 0))
     seed = (torch.initial_seed() + 1009 * rank + worker_id) % 2**32
@@ -347,14 +348,41 @@ def _seed_worker(worker_id: int, trainer_exiting=None) -> None:
     random.seed(seed)
 
 
+def _start_shm_manager_deaf_to_sigterm() -> None:
+    """Start this worker's torch_shm_manager now, ignoring SIGTERM, as a worker's SIGTERM must not
+    end a run (`_sigterm_in_a_worker`).
+
+    The manager (started by the first tensor a worker shares as a file) is a child of the worker.
+    When it dies, the trainer's next release of a batch it received writes to the manager's closed
+    socket, and torch throws a C++ error in a destructor: the process aborts ("terminate called
+    after throwing an instance of 'std::system_error'  what(): Broken pipe") before saying what it
+    kept, and the batches' /dev/shm files are never removed. SIGTERM reached it from `accelerate
+    launch` (>= 1.16), which answers Ctrl-C or its own SIGTERM (Kubernetes) by sending SIGTERM to
+    every descendant, and from SLURM, which signals every process of a job. A signal ignored when
+    a process is started stays ignored in it (POSIX), so the manager lives until its last client
+    has gone, then removes the files and exits (2 s later) as torch designed it. SIGKILL still
+    ends it; the terminal's SIGINT never reaches it (it runs in a session of its own)."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        torch.empty(1, dtype=torch.uint8).share_memory_()  # strategy file_system: starts the manager
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _sigterm_in_a_worker(trainer_exiting, signum, frame) -> None:
-    """A loader worker outlives the first SIGTERM while its trainer runs; once the trainer is
-    exiting, SIGTERM ends it at once.
+    """A loader worker outlives SIGTERM while its trainer runs; once the trainer is exiting,
+    SIGTERM ends it at once.
 
     SLURM and a shutting-down host signal every process of the job, loader workers included. A
     worker that died of it would make torch's SIGCHLD handler raise inside the training process,
     at any point of a step; instead the training process stops at a step boundary
-    (`engine.stop_on_signals`) and shuts its loaders down. A second SIGTERM ends the worker.
+    (`engine.stop_on_signals`) and shuts its loaders down. Every SIGTERM, not only the first:
+    launchers pass a SIGTERM on to the processes below them (torchrun to each rank's process
+    group, `accelerate launch` >= 1.16 to every descendant), so a worker of a job signalled as a
+    whole gets two, and one that died of the second was reported as "killed for memory".
+    SIGKILL still ends a worker; a worker whose trainer has died ends by itself (torch's watchdog).
 
     But an exiting trainer (a run that failed: diverged, disk full, any exception) ends its
     workers with exactly one SIGTERM each (multiprocessing's exit handler, or torch's shutdown of
@@ -364,8 +392,8 @@ def _sigterm_in_a_worker(trainer_exiting, signum, frame) -> None:
     """
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if trainer_exiting is not None and trainer_exiting.value:
+    if trainer_exiting is None or trainer_exiting.value:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # now with the default action: the worker ends
 
 

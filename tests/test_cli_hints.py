@@ -136,12 +136,13 @@ def test_a_failed_report_says_how_to_rebuild_it_with_this_interpreter(launch, mo
 
 
 def test_the_printed_resume_command_under_accelerate_launch_works_when_pasted(fake_cifar, tmp_path):
-    """SIGTERM in epoch 2 of a run under `accelerate launch`: the line names the launcher with its
-    flags, and that very line, pasted into a shell without the venv on PATH, finishes the run."""
+    """SIGTERM in epoch 2 of a run under `accelerate launch` (Kubernetes' preemption): the line names
+    the launcher with its flags, and that very line, pasted into a shell without the venv on PATH,
+    finishes the run. With a loader worker: the launcher passes SIGTERM to every process below it."""
     accelerate = Path(sys.executable).parent / "accelerate"
     env = {**ENV, "PATH": "/usr/bin:/bin"}  # the venv not activated
     cmd = [accelerate, "launch", "-q", "--config_file", ROOT / "launch" / "default.yaml", TRAIN, "--name", "paste",
-           "--runs-dir", tmp_path, "--data-dir", fake_cifar, *FLAGS, "--epochs", "3"]
+           "--runs-dir", tmp_path, "--data-dir", fake_cifar, *FLAGS, "--epochs", "3", "--num-workers", "1"]
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT, start_new_session=True)
     run = tmp_path / "paste"

@@ -4,6 +4,7 @@ no abbreviated flags, every flag explained, a progress bar on a terminal (also u
 CLI choices, the search's compact view and disk pruning, a dated default search name."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from distributed import rundir
@@ -188,9 +190,11 @@ def test_help_shows_choices_units_and_explains_auto_workers(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- 4, 7, 8: a real terminal
-def _run_in_pty(cmd: list[str], interrupt_when: bytes | None = None, timeout: float = 400) -> tuple[int, str]:
+def _run_in_pty(cmd: list[str], interrupt_when: bytes | None = None, timeout: float = 400,
+                then_terminate_children_after: float | None = None) -> tuple[int, str]:
     """Run `cmd` with stdin/stdout/stderr on a pseudo-terminal opened without a size (0 x 0, like
-    `script` or `docker exec -t`); optionally Ctrl-C its process group once `interrupt_when` shows."""
+    `script` or `docker exec -t`); optionally Ctrl-C its process group once `interrupt_when` shows,
+    and that many seconds later SIGTERM the children of the process it started."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             env={**os.environ, "TERM": "xterm"})
@@ -209,8 +213,14 @@ def _run_in_pty(cmd: list[str], interrupt_when: bytes | None = None, timeout: fl
                 out += chunk
             if interrupt_when is not None and not sent and interrupt_when in out:
                 time.sleep(1.0)
+                children = psutil.Process(proc.pid).children()
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
                 sent = True
+                if then_terminate_children_after is not None:
+                    time.sleep(then_terminate_children_after)
+                    for child in children:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            child.terminate()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -230,10 +240,15 @@ def test_progress_bar_on_a_terminal_and_a_plain_run_header(fake_cifar, tmp_path)
 
 
 def test_accelerate_launch_draws_the_bar_quietly_and_ctrl_c_in_epoch_1_leaves_no_run(fake_cifar, tmp_path):
+    """With loader workers, as users run it. accelerate >= 1.16's launcher answers Ctrl-C by sending
+    SIGTERM to every process below it (torch's shared-memory managers included, whose death made
+    the trainer abort mid-sentence: "terminate called after throwing ... Broken pipe"); the test's
+    own SIGTERM half a second later is that signal arriving late, as on a loaded machine, after the
+    trainer had stopped holding SIGTERM (it ended the process before its line)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file",
            str(ROOT / "launch" / "default.yaml"), TRAIN, "--data-dir", str(fake_cifar), "--runs-dir",
-           str(tmp_path), "--name", "launched", "--epochs", "2", "--no-report", *TINY]
-    rc, out = _run_in_pty(cmd, interrupt_when=b"epoch 1/2:")
+           str(tmp_path), "--name", "launched", "--epochs", "2", "--no-report", *TINY, "--num-workers", "2"]
+    rc, out = _run_in_pty(cmd, interrupt_when=b"epoch 1/2:", then_terminate_children_after=0.5)
     assert re.search(r"epoch 1/2: +\d+%\|", out), out[-3000:]
     assert "were not passed to `accelerate launch`" not in out  # the launch file names every value
     assert "interrupted; nothing was written" in out, out[-3000:]
