@@ -2,8 +2,8 @@
 CIFAR, CPU only.
 
 One search is shared by most assertions (module fixture): 4 trials x 4 epochs, perturbation after every
-epoch, quantile 0.5 (the bottom 2 of 4 copy the top 2 at each perturbation: exploits are certain
-whatever the accuracies), one trial's process killed (kill -9) on the way. Trials train on 50 images
+epoch, quantile 0.5 (the bottom 2 of 4 copy the top 2 at each perturbation, when Tune's timing lets
+them: `pbt_run`), one trial's process killed (kill -9) on the way. Trials train on 50 images
 (one step of batch 50) and validate on 20. The Ctrl-C / --resume test runs the CLI in subprocesses.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,13 +66,32 @@ def _tune_copy(search_dir: Path, trial: str, epoch: int, checkpoint: str) -> Pat
 @pytest.fixture(scope="module")
 def pbt_run(ray_session, fake_cifar, tmp_path_factory):  # noqa: F811
     """The shared search. A watcher kills one trial's process once it has a checkpoint (a lost
-    worker); every checkpoint is kept (run dirs and Tune's copies) for the weights comparisons."""
+    worker); every checkpoint is kept (run dirs and Tune's copies) for the weights comparisons.
+
+    Tune's PBT is asynchronous: a trial exploits when it reports from the bottom half of the trials
+    that have reported so far, and then only if the donor it draws at random from the top half
+    reported from the top half too (else "no checkpoint for trial ...: skip exploit"). Which trials
+    had reported when is the machine's timing, and on these tiny runs the learning trials' lead
+    does not last (lr 0.05 diverges by epoch 3, and 20 validation images give ties): of the two
+    searches run here on 2026-12-02 evening one ended without any exploit, so such a search is run
+    again (at most 3 in all; none in 3 fails the tests that need one). A search left behind is
+    deleted first: each keeps ~3 GB of checkpoints."""
+    for attempt in range(3):
+        runs = tmp_path_factory.mktemp("pbt")
+        run = _pbt_search(fake_cifar, runs)
+        if run.summary.get("exploits") or attempt == 2:
+            break
+        shutil.rmtree(runs)
+    yield run
+    # ~3 GB of kept checkpoints per search: removed with the module's other folders (conftest.py)
+
+
+def _pbt_search(fake_cifar, runs: Path) -> SimpleNamespace:
     from distributed.config import TrainConfig
     from tuning.config import SearchConfig
     from tuning import pbt as pbt_mod
     from tuning.runner import run_search
 
-    runs = tmp_path_factory.mktemp("pbt")
     base = TrainConfig(data_dir=str(fake_cifar), runs_dir=str(runs), epochs=4, keep_checkpoints=4, **SMALL)
     # 4 trials at once on the 2 CPUs: PBT pauses every trial while another waits for a slot.
     # Search seed 2 draws max_lr 1e-5, 0.05, 1e-5, 0.05: two that learn, two that do not. Seed 0 drew
@@ -110,9 +130,8 @@ def pbt_run(ray_session, fake_cifar, tmp_path_factory):  # noqa: F811
     finally:
         stop.set()
         watcher.join()
-    yield SimpleNamespace(summary=summary, dir=runs / "search-pbt", out=out.getvalue(), killed=killed, base=base,
-                          fake_cifar=fake_cifar)
-    # ~3 GB of kept checkpoints: removed with the module's other folders (conftest.py)
+    return SimpleNamespace(summary=summary, dir=runs / "search-pbt", out=out.getvalue(), killed=killed, base=base,
+                           fake_cifar=fake_cifar)
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -143,8 +162,9 @@ def test_a_pbt_population_finishes_with_exploits(pbt_run):
     assert info["summary"]["exploits"] == exploits
     assert info["summary"]["schedule"] == str(sdir / "best" / "schedule.json")
     progress = [x for x in pbt_run.out.splitlines() if x.startswith("[")]
-    assert progress[-1].endswith(f"| {exploits} exploits"), progress[-1]
-    assert f"| {exploits} exploit{'' if exploits == 1 else 's'} |" in pbt_run.out.strip().splitlines()[-1]
+    said = f"| {exploits} exploit{'' if exploits == 1 else 's'}"  # how many is timing's: 1 happens
+    assert progress[-1].endswith(said), progress[-1]
+    assert f"{said} |" in pbt_run.out.strip().splitlines()[-1]
 
     # The lost trial: its process was killed, and the trial went on from its own checkpoint
     # (a later start resuming after epoch 1 or more), to the end, without failing.
