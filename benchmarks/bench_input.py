@@ -21,6 +21,11 @@ first epoch (worker start-up) is not timed; timed epochs of all five alternate, 
                             efficiency / this = how much of that the loader gets)
     speedup over float    = ours / float                    (the goal: >= 1.4 on CPU, 1 and 2 workers)
     handover speedup      = ours / ours with torch's default handover   (workers > 0)
+    trainer cores         = CPU seconds of this process (receiving and normalising batches, all
+                            its threads) / wall seconds, during ours' timed epochs: what the
+                            consumer takes from the cores the N workers share (workers > 0)
+    consumer ms per batch = `ModelInput` on one batch, against the four-pass version it replaced
+                            (2026-12-03), alternating, 200 batches each
 
 With `--device cuda` both loaders' batches are copied to the GPU (pinned, non-blocking) and it also
 times a bf16 training step on synthetic batches: the rate at which the GPU consumes images, so
@@ -55,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     import os
+    import resource
 
     import cv2
     import numpy as np
@@ -123,20 +129,27 @@ def main(argv=None) -> None:
     batches_per_epoch = len(loaders["ours"])
     images_per_epoch = batches_per_epoch * bs
     epochs = {name: 0 for name in loaders}
+    trainer_cpu: dict[str, list[float]] = {name: [] for name in loaders}  # per timed epoch: cpu s / wall s
+
+    def cpu_seconds() -> float:
+        u = resource.getrusage(resource.RUSAGE_SELF)  # this process's threads, not its workers
+        return u.ru_utime + u.ru_stime
 
     def loader_epoch(name: str) -> float:
         """One epoch of batches made ready for the model: on the device, and (ours) normalised."""
         loader = loaders[name]
         loader.sampler.set_epoch(epochs[name])
         epochs[name] += 1
-        t0 = timer()
+        c0, t0 = cpu_seconds(), timer()
         for x, y, _ in loader:
             x = x.to(device, non_blocking=gpu)
             if name != "float":
                 x = to_input(x)
         if gpu:
             torch.cuda.synchronize()
-        return timer() - t0
+        t = timer() - t0
+        trainer_cpu[name].append((cpu_seconds() - c0) / t)
+        return t
 
     # Bare: one process, the same Compose, the same images, stacked per batch like __getitems__.
     cv2.setNumThreads(0)  # as our workers do
@@ -173,6 +186,8 @@ def main(argv=None) -> None:
         return max(times_q.get() for _ in procs) / workers
 
     startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
+    for shares in trainer_cpu.values():
+        shares.clear()
     runs = [(name, loader_epoch) for name in loaders] + [("bare", lambda _: bare_pass("ours")),
                                                          ("bare_float", lambda _: bare_pass("float"))]
     if workers > 1:  # the machine's own scaling over that many processes, beside the loader's
@@ -190,6 +205,8 @@ def main(argv=None) -> None:
     # cores, a noisy host) caps what N workers can give, whatever the loader does.
     machine = ips["bare_parallel"] / (workers * ips["bare"]) if "bare_parallel" in ips else None
     fd_ips = ips.get("ours_fd")
+    trainer_cores = median(trainer_cpu["ours"]) if workers > 0 else None
+    consumer_ms = consumer_ms_per_batch(to_input, data.train_x[:bs], device, channels_last)
 
     gpu_ips = None
     if gpu:
@@ -212,6 +229,9 @@ def main(argv=None) -> None:
         "float_per_worker_efficiency": r(float_eff, 3), "speedup_over_float": r(speedup, 3),
         "bare_parallel_images_per_s": r(ips.get("bare_parallel"), 1), "machine_scaling": r(machine, 3),
         "per_worker_efficiency_of_machine": r(eff / machine, 3) if machine else None,
+        "trainer_cores": r(trainer_cores, 3), "trainer_cores_all": [r(c, 3) for c in trainer_cpu["ours"]],
+        "consumer_ms_per_batch": r(consumer_ms["one_pass"], 3),
+        "consumer_ms_per_batch_four_pass": r(consumer_ms["four_pass"], 3),
         "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
         "first_epoch_s_incl_startup": r(startup["ours"], 3),
         "float_first_epoch_s_incl_startup": r(startup["float"], 3),
@@ -226,10 +246,45 @@ def main(argv=None) -> None:
               if fd_ips else "")
     machine_txt = (f"; {workers} bare processes at once scale {machine:.2f} of {workers} x one (the machine), "
                    f"so the loader gives {eff / machine:.2f} of what it could" if machine else "")
+    trainer_txt = (f"; the training process used {trainer_cores:.2f} of a core receiving and normalising"
+                   if trainer_cores is not None else "")
     emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
               f"colour p {aug.color_p}]: ours (uint8) {ips['ours']:,.0f} img/s vs float pipeline "
               f"{ips['float']:,.0f} img/s -> {speedup:.2f}x; per-worker efficiency {eff:.2f} (float "
-              f"{float_eff:.2f}){fd_txt}{machine_txt}{gpu_txt}")
+              f"{float_eff:.2f}){fd_txt}{machine_txt}{trainer_txt}; "
+              f"normalising a batch {consumer_ms['one_pass']:.2f} ms (four passes, as before: "
+              f"{consumer_ms['four_pass']:.2f} ms){gpu_txt}")
+
+
+def consumer_ms_per_batch(to_input, images, device: str, channels_last: bool, n: int = 200) -> dict[str, float]:
+    """ms per batch of `ModelInput` (one addcmul) against the four passes it replaced on 2026-12-03
+    (uint8 layout copy off the GPU, float copy, multiply, add), alternating in blocks of 20."""
+    import torch
+
+    from _common import timer
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.from_numpy(images).to(device)
+    to_input(x)  # the constants on the device
+    scale, neg_shift = to_input.scale.to(device), to_input.neg_shift.to(device)
+
+    def four_pass(b):
+        b = b.permute(0, 3, 1, 2)
+        if fmt is torch.contiguous_format:
+            b = b.contiguous()
+        return b.float().mul_(scale).add_(neg_shift)
+
+    assert torch.allclose(four_pass(x), to_input(x), atol=1e-5, rtol=0)
+    totals = {"one_pass": 0.0, "four_pass": 0.0}
+    for _ in range(n // 20):
+        for name, fn in (("one_pass", to_input), ("four_pass", four_pass)):
+            t0 = timer()
+            for _ in range(20):
+                fn(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            totals[name] += timer() - t0
+    return {name: 1000 * t / n for name, t in totals.items()}
 
 
 if __name__ == "__main__":

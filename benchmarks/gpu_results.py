@@ -64,6 +64,10 @@ def _input(r: dict) -> tuple[str, str]:
              f"{r['handover_speedup']:.2f}x" if r.get("handover_speedup") is not None else "")
     base += (f"; {r['workers']} bare processes at once scale {r['machine_scaling']:.2f} (the host), so the loader gives "
              f"{r['per_worker_efficiency_of_machine']:.2f} of what the host allows" if r.get("machine_scaling") else "")
+    # What the training process itself spends per batch on the host (receiving, pinning, copying): a
+    # core it takes from the workers, and on a GPU the core that launches the step's kernels.
+    base += (f"; the training process used {r['trainer_cores']:.2f} of a core" if r.get("trainer_cores") is not None
+             else "")
     speed = r.get("speedup_over_float")
     return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
             f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{base}{gpu}",

@@ -96,10 +96,14 @@ def build_float_train_transform(aug: AugConfig, mean: Sequence[float], std: Sequ
 class ModelInput:
     """uint8 batches [B, H, W, C] -> the model's float input [B, C, H, W], normalised, on their device.
 
-    One multiply and one add per element: x * (1 / (255 std)) - mean / std, in float32 (autocast
-    then runs the model in bf16 where asked). The NHWC batch seen as NCHW already has channels_last
-    strides, which GPU convolutions prefer; elsewhere (CPU convolutions are ~3x slower in it) it is
-    made contiguous NCHW first, while still uint8.
+    x * (1 / (255 std)) - mean / std in float32 (autocast then runs the model in bf16 where asked),
+    written in one pass: the dtype change, the multiply-add and (off the GPU) the layout change are
+    one `addcmul` into the output. The NHWC batch seen as NCHW already has channels_last strides,
+    which GPU convolutions prefer; elsewhere (CPU convolutions are ~3x slower in it) the output is
+    contiguous NCHW. One pass where there were four off the GPU (the uint8 layout copy, the float
+    copy, the multiply, the add) and three kernel launches on it (measured: see `bench_input`'s
+    `consumer_ms_per_batch`); on a CPU that is time the training process no longer takes from the
+    loader workers it shares the cores with.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool) -> None:
@@ -113,6 +117,5 @@ class ModelInput:
             self._on[x.device] = self.scale.to(x.device), self.neg_shift.to(x.device)
         scale, neg_shift = self._on[x.device]
         x = x.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last strides
-        if self.memory_format is torch.contiguous_format:
-            x = x.contiguous()  # the layout change on uint8: a quarter of the bytes of float
-        return x.float().mul_(scale).add_(neg_shift)  # .float() keeps the strides it is given
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=self.memory_format)
+        return torch.addcmul(neg_shift, x, scale, out=out)  # neg_shift + x * scale, uint8 read as float

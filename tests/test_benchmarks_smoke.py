@@ -58,6 +58,10 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
     assert res["bare_parallel_images_per_s"] > 0 and res["machine_scaling"] > 0
     assert res["per_worker_efficiency_of_machine"] == pytest.approx(
         res["per_worker_efficiency"] / res["machine_scaling"], rel=0.01)
+    # the training process's own share of the cores, per timed epoch; ModelInput against the four passes
+    # it replaced (the benchmark checks that both give the same input)
+    assert len(res["trainer_cores_all"]) == 1 and res["trainer_cores"] == res["trainer_cores_all"][0] > 0
+    assert res["consumer_ms_per_batch"] > 0 and res["consumer_ms_per_batch_four_pass"] > 0
 
 
 @pytest.mark.parametrize("name, bf16, peak", [

@@ -516,10 +516,13 @@ def test_cluster_search_retries_a_lost_trial_from_its_checkpoint_and_not_a_diver
 
 
 def test_cluster_ddp_trial_puts_one_worker_on_each_node(ray_cluster, fake_cifar, tmp_path):
-    """--workers-per-trial 2 with STRICT_SPREAD: one DDP rank per node; the best trial's test images counted once."""
+    """--workers-per-trial 2 with STRICT_SPREAD: one trial is a Ray Train TorchTrainer with 2 gloo ranks, one
+    per node; the best trial's test images counted once. --keep-trial-checkpoints: the ended trial keeps
+    everything, and both ranks' output is in its log. (The same DDP trial on one node, with Ray's default
+    placement, was a test of its own in test_search until 2026-12-03: the same code but the placement.)"""
     proc = _search(ray_cluster, tmp_path, "spread", {**FIXED, "max_lr": at_512(GOOD_LR)}, "--data-dir", str(fake_cifar),
                    "--num-samples", "1", "--epochs", "1", "--workers-per-trial", "2", "--cpus-per-trial", "2",
-                   "--placement-strategy", "STRICT_SPREAD")
+                   "--placement-strategy", "STRICT_SPREAD", "--keep-trial-checkpoints")
     try:
         out = proc.communicate(timeout=600)[0]
     finally:
@@ -533,6 +536,10 @@ def test_cluster_ddp_trial_puts_one_worker_on_each_node(ray_cluster, fake_cifar,
     best = tmp_path / "search-spread" / rundir.BEST_TRIAL
     pred = rundir.load_predictions(best)
     assert rundir.read_json(best / rundir.SUMMARY)["test_count"] == 20 and len(set(pred["indices"].tolist())) == 20
+    assert rundir.read_json(best / rundir.SUMMARY)["world_size"] == 2
+    assert rundir.read_json(tmp_path / "search-spread" / "search.json")["summary"]["test_acc"] is not None
+    assert (run / "checkpoints").is_dir() and (run / "model.safetensors").exists()
+    assert "epoch   1/1" in (run / "train.log").read_text()
 
 
 def test_loader_workers_follow_the_cores_a_process_may_use():

@@ -168,28 +168,6 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, 
             assert (tdir / "best.safetensors").exists() and "epoch   1/2" in log
 
 
-def test_ddp_trial_runs_two_ranks(ray_session, fake_cifar, tmp_path):
-    """--workers-per-trial 2: one trial is a Ray Train TorchTrainer with 2 gloo ranks."""
-    from tuning.config import SearchConfig
-    from tuning.runner import run_search
-
-    space = {**FIXED, "max_lr": at_512(GOOD_LR)}
-    search = SearchConfig(name="ddp", num_samples=1, workers_per_trial=2, cpus_per_trial=1, space=space,
-                          verbose=0, keep_trial_checkpoints=True)
-    summary = run_search(_base(fake_cifar, tmp_path, epochs=1), search)
-    sdir = tmp_path / "search-ddp"
-    rows = _results(sdir)
-    assert [r["status"] for r in rows] == ["TERMINATED"], rows
-    trial = json.loads((sdir / "trials" / rows[0]["trial_id"] / "config.json").read_text())
-    assert trial["world_size"] == 2
-    assert summary["test_acc"] is not None
-    assert json.loads((sdir / "best" / "summary.json").read_text())["world_size"] == 2
-    # --keep-trial-checkpoints: the ended trial keeps everything; both ranks' output is in its log
-    tdir = sdir / "trials" / rows[0]["trial_id"]
-    assert (tdir / "checkpoints").is_dir() and (tdir / "model.safetensors").exists()
-    assert "epoch   1/1" in (tdir / "train.log").read_text()
-
-
 def test_refit_trains_the_best_config_on_every_image_and_resumes_when_interrupted(ray_session, fake_cifar,
                                                                                   tmp_path, monkeypatch, capsys):
     """--refit: after the search, one more `fit` of the best trial's configuration with no validation split
