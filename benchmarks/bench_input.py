@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     batches_per_epoch = len(loaders["ours"])
     images_per_epoch = batches_per_epoch * bs
     epochs = {name: 0 for name in loaders}
-    trainer_cpu: dict[str, list[float]] = {name: [] for name in loaders}  # per timed epoch: cpu s / wall s
+    trainer_cores_ours: list[float] = []  # per timed epoch of ours: this process's cpu s / wall s
 
     def cpu_seconds() -> float:
         u = resource.getrusage(resource.RUSAGE_SELF)  # this process's threads, not its workers
@@ -148,7 +148,8 @@ def main(argv=None) -> None:
         if gpu:
             torch.cuda.synchronize()
         t = timer() - t0
-        trainer_cpu[name].append((cpu_seconds() - c0) / t)
+        if name == "ours":
+            trainer_cores_ours.append((cpu_seconds() - c0) / t)
         return t
 
     # Bare: one process, the same Compose, the same images, stacked per batch like __getitems__.
@@ -186,8 +187,7 @@ def main(argv=None) -> None:
         return max(times_q.get() for _ in procs) / workers
 
     startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
-    for shares in trainer_cpu.values():
-        shares.clear()
+    trainer_cores_ours.clear()
     runs = [(name, loader_epoch) for name in loaders] + [("bare", lambda _: bare_pass("ours")),
                                                          ("bare_float", lambda _: bare_pass("float"))]
     if workers > 1:  # the machine's own scaling over that many processes, beside the loader's
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     # cores, a noisy host) caps what N workers can give, whatever the loader does.
     machine = ips["bare_parallel"] / (workers * ips["bare"]) if "bare_parallel" in ips else None
     fd_ips = ips.get("ours_fd")
-    trainer_cores = median(trainer_cpu["ours"]) if workers > 0 else None
+    trainer_cores = median(trainer_cores_ours) if workers > 0 else None
     consumer_ms = consumer_ms_per_batch(to_input, data.train_x[:bs], device, channels_last)
 
     gpu_ips = None
@@ -229,7 +229,7 @@ def main(argv=None) -> None:
         "float_per_worker_efficiency": r(float_eff, 3), "speedup_over_float": r(speedup, 3),
         "bare_parallel_images_per_s": r(ips.get("bare_parallel"), 1), "machine_scaling": r(machine, 3),
         "per_worker_efficiency_of_machine": r(eff / machine, 3) if machine else None,
-        "trainer_cores": r(trainer_cores, 3), "trainer_cores_all": [r(c, 3) for c in trainer_cpu["ours"]],
+        "trainer_cores": r(trainer_cores, 3), "trainer_cores_all": [r(c, 3) for c in trainer_cores_ours],
         "consumer_ms_per_batch": r(consumer_ms["one_pass"], 3),
         "consumer_ms_per_batch_four_pass": r(consumer_ms["four_pass"], 3),
         "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
