@@ -143,8 +143,10 @@ def test_the_printed_resume_command_under_accelerate_launch_works_when_pasted(fa
     env = {**ENV, "PATH": "/usr/bin:/bin"}  # the venv not activated
     cmd = [accelerate, "launch", "-q", "--config_file", ROOT / "launch" / "default.yaml", TRAIN, "--name", "paste",
            "--runs-dir", tmp_path, "--data-dir", fake_cifar, *FLAGS, "--epochs", "3", "--num-workers", "1"]
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT, start_new_session=True)
+    # Steps after the first checkpoint take 0.5 s: the run is still in epoch 2 when the signal comes.
+    slowed = {**env, "PYTHONPATH": str(ROOT / "tests" / "fault_helpers"), "FAULT_SLOW_STEPS_AFTER_CHECKPOINTS": "1"}
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=slowed, cwd=ROOT, start_new_session=True)
     run = tmp_path / "paste"
     try:
         deadline = time.time() + 300
@@ -155,7 +157,10 @@ def test_the_printed_resume_command_under_accelerate_launch_works_when_pasted(fa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    (line,) = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    assert len(lines) == 1, f"exit {proc.returncode}, epochs done {[m['epoch'] for m in rundir.read_metrics(run)]}:\n{err[-3000:]}"
+    (line,) = lines
+    assert line.startswith("stopped by SIGTERM in epoch 2, nothing half-written (newest checkpoint: epoch 1)"), line
     printed = line.split("continue with: ", 1)[1]
     assert printed == (f"{shlex.quote(_as_typed(accelerate))} launch -q --config_file "
                        f"{ROOT / 'launch' / 'default.yaml'} distributed/train.py --name paste --runs-dir {tmp_path} "
