@@ -8,12 +8,13 @@ Float (the baseline, the pipeline before 2026-12): the same loader with
 `build_float_train_transform`: Normalize and the cutout on float32 in the workers, float NCHW
 batches across the worker boundary, handed over as torch does by default (file descriptors passed
 through a socket that a thread of each worker serves, one connection per tensor; labels and
-positions as tensors too). Ours, fd: our
-pipeline with that handover instead of named shared-memory files (`data._seed_worker`, since
-2026-12-02): what the handover alone is worth. Bare: our transform applied image by image in this process,
+positions as tensors too). Ours, files: our pipeline as before 2026-12-03, each batch in a new
+named shared-memory file (`data._seed_worker`) instead of a reused slot (`data.BatchSlots`).
+Ours, fd: that one with torch's default handover instead of named files: what the handover alone
+is worth. Bare: our transform applied image by image in this process,
 stacked into batches (the minimum work any loader must do); bare float likewise for the baseline.
 Both loaders iterate whole epochs over the first `--num-images` CIFAR-10 training images; their
-first epoch (worker start-up) is not timed; timed epochs of all five alternate, in rotating order.
+first epoch (worker start-up) is not timed; timed epochs of all of them alternate, in rotating order.
 
     per-worker efficiency = loader / (N x its bare rate)     (1.0 = perfect scaling over workers)
     machine scaling       = N bare processes at once / (N x one alone)   (workers > 1: what the
@@ -21,6 +22,7 @@ first epoch (worker start-up) is not timed; timed epochs of all five alternate, 
                             efficiency / this = how much of that the loader gets)
     speedup over float    = ours / float                    (the goal: >= 1.4 on CPU, 1 and 2 workers)
     handover speedup      = ours / ours with torch's default handover   (workers > 0)
+    slots speedup         = ours / ours with a new shared-memory file per batch   (workers > 0)
     trainer cores         = CPU seconds of this process (receiving and normalising batches, all
                             its threads) / wall seconds, during ours' timed epochs: what the
                             consumer takes from the cores the N workers share (workers > 0)
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
                          synthetic_batches, timer)
     from distributed.augment import ModelInput, build_float_train_transform, build_train_transform
     from distributed.config import AugConfig
-    from distributed.data import CifarDataset, channel_stats, load_cifar10, make_loader
+    from distributed.data import CifarDataset, TrainBatches, channel_stats, load_cifar10, make_loader
     from distributed.model import resnet18
 
     args = parse_args(argv)
@@ -114,9 +116,10 @@ def main(argv=None) -> None:
         loader.worker_init_fn = fd_init if init is not None else None
         return loader
 
-    def ours_loader():
+    def ours_loader(reuse_buffers: bool = True):
         return make_loader(CifarDataset(data.train_x, data.train_y, idx, build_train_transform(aug, mean), seed=0),
-                           bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu)
+                           bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu,
+                           reuse_buffers=reuse_buffers)
 
     loaders = {
         "ours": ours_loader(),
@@ -125,7 +128,9 @@ def main(argv=None) -> None:
             bs, shuffle=True, seed=0, num_workers=workers, drop_last=True, pin_memory=gpu)),
     }
     if workers > 0:  # without workers nothing is handed over
-        loaders["ours_fd"] = torch_default_handover(ours_loader())
+        # Ours as before 2026-12-03: each batch in a new shared-memory file instead of a reused slot.
+        loaders["ours_files"] = ours_loader(reuse_buffers=False)
+        loaders["ours_fd"] = torch_default_handover(ours_loader(reuse_buffers=False))
     batches_per_epoch = len(loaders["ours"])
     images_per_epoch = batches_per_epoch * bs
     epochs = {name: 0 for name in loaders}
@@ -135,13 +140,13 @@ def main(argv=None) -> None:
         u = resource.getrusage(resource.RUSAGE_SELF)  # this process's threads, not its workers
         return u.ru_utime + u.ru_stime
 
+    batches = {name: TrainBatches(loader) for name, loader in loaders.items()}  # as fit iterates them
+
     def loader_epoch(name: str) -> float:
         """One epoch of batches made ready for the model: on the device, and (ours) normalised."""
-        loader = loaders[name]
-        loader.sampler.set_epoch(epochs[name])
         epochs[name] += 1
         c0, t0 = cpu_seconds(), timer()
-        for x, y, _ in loader:
+        for x, y, _ in batches[name].epoch(epochs[name] - 1):
             x = x.to(device, non_blocking=gpu)
             if name != "float":
                 x = to_input(x)
@@ -204,7 +209,8 @@ def main(argv=None) -> None:
     # 1.0 when N busy processes each run as fast as one alone; below it the machine itself (shared
     # cores, a noisy host) caps what N workers can give, whatever the loader does.
     machine = ips["bare_parallel"] / (workers * ips["bare"]) if "bare_parallel" in ips else None
-    fd_ips = ips.get("ours_fd")
+    fd_ips, files_ips = ips.get("ours_fd"), ips.get("ours_files")
+    slots = loaders["ours"].worker_init_fn.keywords["slots"] if workers > 0 else None
     trainer_cores = median(trainer_cores_ours) if workers > 0 else None
     consumer_ms = consumer_ms_per_batch(to_input, data.train_x[:bs], device, channels_last)
 
@@ -233,6 +239,11 @@ def main(argv=None) -> None:
         "consumer_ms_per_batch": r(consumer_ms["one_pass"], 3),
         "consumer_ms_per_batch_four_pass": r(consumer_ms["four_pass"], 3),
         "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
+        "ours_files_images_per_s": r(files_ips, 1),
+        # of ours' batches (start-up epoch included), those that came in a reused slot: 1.0 unless a
+        # worker found none free and sent a new tensor
+        "ours_through_slots": r(slots.taken / (epochs["ours"] * batches_per_epoch), 3) if slots else None,
+        "slots_speedup": r(ips["ours"] / files_ips, 3) if files_ips else None,
         "first_epoch_s_incl_startup": r(startup["ours"], 3),
         "float_first_epoch_s_incl_startup": r(startup["float"], 3),
         "gpu_step_images_per_s_bf16": r(gpu_ips, 1),
@@ -242,7 +253,8 @@ def main(argv=None) -> None:
     })
     gpu_txt = (f"; GPU bf16 step eats {gpu_ips:,.0f} img/s -> loader/GPU {ips['ours'] / gpu_ips:.2f} "
                f"(float {ips['float'] / gpu_ips:.2f})" if gpu_ips else "")
-    fd_txt = (f"; with torch's default handover {fd_ips:,.0f} img/s (ours {ips['ours'] / fd_ips:.2f}x)"
+    fd_txt = (f"; a new shared-memory file per batch {files_ips:,.0f} img/s (ours {ips['ours'] / files_ips:.2f}x), "
+              f"with torch's default handover {fd_ips:,.0f} img/s (ours {ips['ours'] / fd_ips:.2f}x)"
               if fd_ips else "")
     machine_txt = (f"; {workers} bare processes at once scale {machine:.2f} of {workers} x one (the machine), "
                    f"so the loader gives {eff / machine:.2f} of what it could" if machine else "")

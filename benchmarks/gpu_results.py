@@ -60,6 +60,9 @@ def _input(r: dict) -> tuple[str, str]:
     base = (f"; the float pipeline it replaced (Normalize in the workers) {_num(r['float_images_per_s'])} img/s: "
             f"{r['speedup_over_float']:.2f}x; per worker {r['per_worker_efficiency']:.2f} (float "
             f"{r['float_per_worker_efficiency']:.2f})" if r.get("float_images_per_s") is not None else "")
+    base += (f"; a new shared-memory file per batch (no reused slots) {_num(r['ours_files_images_per_s'])} img/s: "
+             f"{r['slots_speedup']:.2f}x, {r['ours_through_slots']:.0%} of batches through a slot"
+             if r.get("slots_speedup") is not None else "")
     base += (f"; with torch's default handover {_num(r['ours_fd_images_per_s'])} img/s: "
              f"{r['handover_speedup']:.2f}x" if r.get("handover_speedup") is not None else "")
     base += (f"; {r['workers']} bare processes at once scale {r['machine_scaling']:.2f} (the host), so the loader gives "

@@ -54,6 +54,8 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
     assert res["bench"] == "input" and (res["affine_p"], res["color_p"]) == (1.0, 1.0)
     assert res["num_images"] == 64 and res["ours_images_per_s"] > 0 and res["bare_images_per_s"] > 0
     assert res["ours_fd_images_per_s"] > 0 and res["handover_speedup"] > 0  # the handover's own before/after
+    assert res["ours_files_images_per_s"] > 0 and res["slots_speedup"] > 0  # reused slots against a file a batch
+    assert res["ours_through_slots"] == 1.0  # no worker ever found its slots all taken
     # what 2 busy processes get from this machine, beside the loader's 2 workers
     assert res["bare_parallel_images_per_s"] > 0 and res["machine_scaling"] > 0
     assert res["per_worker_efficiency_of_machine"] == pytest.approx(

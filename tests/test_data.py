@@ -227,7 +227,8 @@ from distributed.config import AugConfig
 from distributed.data import CifarDataset, load_cifar10, make_loader
 data = load_cifar10(sys.argv[1], download=False)
 loader = make_loader(CifarDataset(data.train_x, data.train_y, np.arange(500), build_train_transform(AugConfig(), (0.5,) * 3)),
-                     20, shuffle=True, seed=0, num_workers=2, drop_last=True, pin_memory=False)
+                     20, shuffle=True, seed=0, num_workers=2, drop_last=True, pin_memory=False,
+                     reuse_buffers=sys.argv[2] == "slots")
 held = []
 for x, y, i in loader:
     held.append((x, y, i))  # held: their shared memory stays mapped until the process dies
@@ -237,10 +238,13 @@ for x, y, i in loader:
 """
 
 
-def test_a_loader_killed_with_9_leaves_no_shared_memory_behind(fake_cifar):
-    """Loader workers hand batches over as named shared-memory files (`_seed_worker`: much cheaper
-    than torch's default descriptor passing); torch's shm manager must remove them when the
-    processes holding them are killed without a chance to clean up."""
+@pytest.mark.parametrize("handover", ["files", "slots"])
+def test_a_loader_killed_with_9_leaves_no_shared_memory_behind(fake_cifar, handover):
+    """Loader workers hand batches over in reused slots of anonymous shared memory (`BatchSlots`),
+    or, without a free slot, as named shared-memory files (`_seed_worker`: much cheaper than
+    torch's default descriptor passing); torch's shm manager must remove the files when the
+    processes holding them are killed without a chance to clean up, and the slots are never in
+    /dev/shm."""
     import os
     import signal
     import subprocess
@@ -252,12 +256,13 @@ def test_a_loader_killed_with_9_leaves_no_shared_memory_behind(fake_cifar):
     if not shm.is_dir():
         pytest.skip("no /dev/shm")
     before = {p.name for p in shm.iterdir()}
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_BATCHES, str(fake_cifar)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_BATCHES, str(fake_cifar), handover], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "holding", proc.stderr.read()
         made = {p.name for p in shm.iterdir()} - before
-        assert any(n.startswith("torch_") for n in made), made  # the batches are in named files
+        if handover == "files":
+            assert any(n.startswith("torch_") for n in made), made  # the batches are in named files
         os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its workers, as the OOM killer or a job end does
         proc.wait()
         deadline = time.time() + 30
@@ -317,3 +322,65 @@ def test_the_next_epoch_is_made_by_the_workers_before_it_is_iterated_and_is_the_
     for (x, y, i), (x2, y2, i2) in zip(got, expected):
         assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)
     assert len(list(ahead.epoch(2))) == 8  # and the epochs after go on as before
+
+
+# ----------------------------------------------------------------------------- batches in reused slots
+def _slot_batches(reuse_buffers: bool, n: int = 320, batch: int = 32, workers: int = 2):
+    from distributed.data import TrainBatches, make_loader
+
+    rng = np.random.default_rng(4)
+    images, labels = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+    ds = CifarDataset(images, labels, np.arange(n), build_train_transform(AugConfig(), MEAN), seed=7)
+    loader = make_loader(ds, batch, shuffle=True, seed=7, num_workers=workers, drop_last=True, pin_memory=False,
+                         reuse_buffers=reuse_buffers)
+    slots = loader.worker_init_fn.keywords["slots"]
+    return TrainBatches(loader), slots
+
+
+def _same_batches(got, expected) -> bool:
+    import torch
+
+    return len(got) == len(expected) and all(
+        torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2) for (x, y, i), (x2, y2, i2) in zip(got, expected))
+
+
+def test_batches_through_reused_slots_equal_new_tensors_and_held_ones_never_change():
+    """Workers stack their batches into reused shared-memory slots (`BatchSlots`) and the trainer
+    copies each out: three epochs, every batch held to the end (a slot is rewritten a dozen times
+    meanwhile), equal those of a loader that sends a new tensor per batch; and every batch came
+    through a slot (prefetch + 1 slots a worker are enough: none had to do without)."""
+    batches, slots = _slot_batches(reuse_buffers=True)
+    held = [b for e in range(3) for b in batches.epoch(e)]
+    fresh, none = _slot_batches(reuse_buffers=False)
+    assert none is None
+    assert _same_batches(held, [b for e in range(3) for b in fresh.epoch(e)])
+    assert slots.taken == len(held) == 30 and not slots.busy.any()
+
+
+def test_an_abandoned_epoch_gives_its_slots_back():
+    """An epoch left after one batch (the LR range test, a stopped trial): the batches the workers
+    had made for it are dropped by the DataLoader, and dropping one frees its slot; else the
+    workers would run out of slots and send new tensors from then on."""
+    batches, slots = _slot_batches(reuse_buffers=True)
+    first = next(iter(batches.epoch(0)))
+    later = [b for e in (1, 2) for b in batches.epoch(e)]
+    fresh, _ = _slot_batches(reuse_buffers=False)
+    expected = [b for e in (0, 1, 2) for b in fresh.epoch(e)]
+    assert _same_batches([first, *later], [expected[0], *expected[10:]])
+    assert slots.taken == 21 and not slots.busy.any()
+
+
+def test_a_worker_with_no_free_slot_sends_a_new_tensor():
+    """Nothing waits for a slot: with every slot taken, the workers send new tensors, the same batches."""
+    batches, slots = _slot_batches(reuse_buffers=True)
+    slots.busy[:] = 1  # before the workers start (they fork at the first epoch)
+    got = list(batches.epoch(0))
+    fresh, _ = _slot_batches(reuse_buffers=False)
+    assert _same_batches(got, list(fresh.epoch(0))) and slots.taken == 0
+
+
+def test_slots_do_not_travel_to_a_worker_that_was_not_forked():
+    """A worker started by spawn or forkserver cannot map the slots: it gets none (and sends tensors)."""
+    from distributed.data import BatchSlots
+
+    assert pickle.loads(pickle.dumps(BatchSlots(2, 5, (8, 32, 32, 3)))) is None
