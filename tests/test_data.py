@@ -384,3 +384,30 @@ def test_slots_do_not_travel_to_a_worker_that_was_not_forked():
     from distributed.data import BatchSlots
 
     assert pickle.loads(pickle.dumps(BatchSlots(2, 5, (8, 32, 32, 3)))) is None
+
+
+_EXIT_WITH_A_LIVE_LOADER = """
+import numpy as np
+from distributed.augment import build_train_transform
+from distributed.config import AugConfig
+from distributed.data import CifarDataset, TrainBatches, make_loader
+rng = np.random.default_rng(0)
+images, labels = rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 256)
+ds = CifarDataset(images, labels, np.arange(256), build_train_transform(AugConfig(), (0.5,) * 3), seed=3)
+batches = TrainBatches(make_loader(ds, 32, shuffle=True, seed=3, num_workers=2, drop_last=True, pin_memory=False))
+print(sum(len(x) for e in range(2) for x, _, _ in batches.epoch(e)))
+"""
+
+
+def test_a_script_that_ends_with_its_loader_alive_exits_quietly():
+    """A loader alive at exit (a script's global): multiprocessing's exit handler ends its workers,
+    and torch's SIGCHLD handler used to raise inside it ("Exception ignored in atexit callback ...
+    DataLoader worker (pid N) is killed by signal: Terminated") in most runs. Three at once."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _EXIT_WITH_A_LIVE_LOADER], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert (proc.returncode, out.strip(), err) == (0, "512", ""), err[-3000:]
