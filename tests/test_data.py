@@ -411,3 +411,29 @@ def test_a_script_that_ends_with_its_loader_alive_exits_quietly():
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert (proc.returncode, out.strip(), err) == (0, "512", ""), err[-3000:]
+
+
+def test_the_pin_thread_takes_a_slot_batch_out_into_pinned_memory(monkeypatch):
+    """On a GPU host the DataLoader's pin thread calls torch's `pin_memory` on each batch as it
+    arrives: that must reach `SlotBatch.pin_memory`, copy the images into pinned memory, free the
+    slot and keep the labels as they came (`TrainBatches` pins those). Pinning itself needs a GPU:
+    here `torch.empty` records that pinned memory was asked for."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from distributed.data import BatchSlots
+
+    pool = BatchSlots(1, 5, (4, 32, 32, 3))
+    images = list(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    received = pickle.loads(pickle.dumps(pool.put(0, images)))  # as the worker sends it
+    assert pool.busy.tolist() == [[1, 0, 0, 0, 0]]
+    asked, empty = [], torch.empty
+
+    def recording_empty(*args, pin_memory=False, **kwargs):
+        asked.append(pin_memory)
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", recording_empty)
+    x, y, i = pin_memory((received, np.arange(4), np.arange(4)))
+    assert asked == [True] and np.array_equal(x.numpy(), np.stack(images))
+    assert isinstance(y, np.ndarray) and not pool.busy.any() and pool.taken == 1
