@@ -388,12 +388,10 @@ def test_slots_do_not_travel_to_a_worker_that_was_not_forked():
 
 _EXIT_WITH_A_LIVE_LOADER = """
 import numpy as np
-from distributed.augment import build_train_transform
-from distributed.config import AugConfig
 from distributed.data import CifarDataset, TrainBatches, make_loader
 rng = np.random.default_rng(0)
 images, labels = rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 256)
-ds = CifarDataset(images, labels, np.arange(256), build_train_transform(AugConfig(), (0.5,) * 3), seed=3)
+ds = CifarDataset(images, labels, np.arange(256), transform=None, seed=3)
 batches = TrainBatches(make_loader(ds, 32, shuffle=True, seed=3, num_workers=2, drop_last=True, pin_memory=False))
 print(sum(len(x) for e in range(2) for x, _, _ in batches.epoch(e)))
 """
