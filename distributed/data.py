@@ -308,7 +308,7 @@ class CifarDataset(Dataset):
                 transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]))
             made = [transform(image=img)["image"] for img in self.images[src]]
         else:
-            made = list(self.images[src])
+            made = self.images[src]  # already one array (evaluation): no list, no second copy
         # Third item: positions in the source array, so predictions can name their images.
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
@@ -316,7 +316,7 @@ class CifarDataset(Dataset):
             slotted = self.slots.put(worker.id, made) if self.slots is not None else None
             if slotted is not None:
                 return slotted, self.labels[src], src
-        batch = np.stack(made)
+        batch = np.stack(made) if isinstance(made, list) else made
         if worker is not None:
             # From a loader worker, labels and positions (2 x 8 bytes an image) travel as numpy
             # arrays inside the queue's pickled message: as tensors, each would be a shared-memory
@@ -377,7 +377,7 @@ class BatchSlots:
     def __reduce__(self):  # a worker not forked (spawn, forkserver) cannot map it: it gets none
         return (_no_slots, ())
 
-    def put(self, worker: int, images: Sequence[np.ndarray]) -> SlotBatch | None:
+    def put(self, worker: int, images: Sequence[np.ndarray] | np.ndarray) -> SlotBatch | None:
         """In a worker: `images` stacked into a free slot of `worker`'s, or None (none free, or
         images a slot cannot hold)."""
         if worker >= len(self.busy) or len(images) > self.images.shape[2]:
