@@ -35,6 +35,11 @@ FLAGS = ["--subset", "60", "--val-size", "20", "--test-subset", "30", "--epochs"
          "--eval-batch-size", "8", "--num-workers", "1", "--deterministic", "--max-lr", "0.05", "--no-report"]
 ENV = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 HELPERS = ROOT / "tests" / "cluster_helpers"  # sitecustomize.py there stands in for the CIFAR-10 download
+# Steps 1 s slower after a process's first checkpoint (tests/fault_helpers/slow_steps.py): a run
+# signalled half a second after it is still in epoch 2, however fast the machine (a tiny epoch
+# here is 2 steps a rank; on a fast machine epochs 2 and 3 were over within that half second).
+SLOW_AFTER_EPOCH_1 = {"FAULT_SLOW_STEPS_AFTER_CHECKPOINTS": "1", "FAULT_STEP_SECONDS": "1"}
+FAULTS = ROOT / "tests" / "fault_helpers"
 
 
 def _download_env(source: Path, log: Path) -> dict[str, str]:
@@ -245,6 +250,7 @@ def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resume
     _fake_slurm(tmp_path / "bin", log)
     flags = ["--runs-dir", str(runs), "--data-dir", str(data), *FLAGS]
     env = {**_download_env(fake_cifar, tmp_path / "downloads.log"), "NAME": "slurm", "TRAIN_FLAGS": " ".join(flags)}
+    env.update(SLOW_AFTER_EPOCH_1, PYTHONPATH=f"{HELPERS}:{FAULTS}")
     run = runs / "slurm"
 
     job = _sbatch(tmp_path / "bin", env, out)
@@ -284,7 +290,8 @@ def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resume
 def _interrupt_in_epoch_2(cmd: list[str], run: Path, act, timeout: float = 600) -> tuple[int, str, str]:
     """Start a training launch in its own session; half a second after its first checkpoint (so
     in epoch 2) call `act(launcher)`; return the exit code, stdout and stderr once it ended."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    env = {**ENV, **SLOW_AFTER_EPOCH_1, "PYTHONPATH": str(FAULTS)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         _wait_for(lambda: rundir.checkpoint_dirs(run), proc)

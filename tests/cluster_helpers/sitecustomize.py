@@ -30,3 +30,6 @@ if os.environ.get("FAKE_CIFAR_SOURCE") and "RANK" in os.environ:
                 time.sleep(0.2)
 
     torchvision.datasets.CIFAR10 = FakeCIFAR10
+
+if os.environ.get("FAULT_SLOW_STEPS_AFTER_CHECKPOINTS"):
+    import slow_steps  # noqa: F401 - tests/fault_helpers/slow_steps.py, on PYTHONPATH after this folder

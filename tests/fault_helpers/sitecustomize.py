@@ -27,29 +27,4 @@ if os.environ.get("FAULT_FULL_DISK_AFTER_CHECKPOINTS"):
 
     accelerate.Accelerator.save_state = save_state
 
-if os.environ.get("FAULT_SLOW_STEPS_AFTER_CHECKPOINTS"):
-    # FAULT_SLOW_STEPS_AFTER_CHECKPOINTS=N: after the N-th checkpoint every backward pass takes
-    # FAULT_STEP_SECONDS (default 0.5) longer, so a test that signals the run once it sees that
-    # checkpoint finds it still in the next epoch however loaded the machine is (tiny runs finish
-    # their remaining epochs in well under a second).
-    import time
-
-    import accelerate
-
-    after = int(os.environ["FAULT_SLOW_STEPS_AFTER_CHECKPOINTS"])
-    pause = float(os.environ.get("FAULT_STEP_SECONDS", "0.5"))
-    real_save, real_backward = accelerate.Accelerator.save_state, accelerate.Accelerator.backward
-    saved = []
-
-    def counting_save_state(self, *args, **kwargs):
-        result = real_save(self, *args, **kwargs)
-        saved.append(1)
-        return result
-
-    def slow_backward(self, *args, **kwargs):
-        if len(saved) >= after:
-            time.sleep(pause)
-        return real_backward(self, *args, **kwargs)
-
-    accelerate.Accelerator.save_state = counting_save_state
-    accelerate.Accelerator.backward = slow_backward
+import slow_steps  # noqa: E402,F401 - FAULT_SLOW_STEPS_AFTER_CHECKPOINTS (slow_steps.py)
