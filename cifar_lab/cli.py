@@ -92,8 +92,7 @@ def _check_report_dir(options: dict[str, Any], run_dir: Path, kind: str) -> None
     created = (read_json(saved) or {}).get("created" if kind == "run" else "started") if saved.is_file() else None
     try:
         check_writable(out, 0)
-        reports_index.check_target(out, run_dir.resolve().name,
-                                   {"kind": kind, "created": created, "source": str(run_dir.resolve())})
+        reports_index.check_run_target(out, run_dir, kind, created)
     except WriteError as e:
         raise ConfigError(f"{e} (the report is built there at the end); make that folder writable, or choose "
                           f"another --report-dir, or pass --no-report") from None

@@ -247,6 +247,13 @@ def check_target(out: Path, name: str, new: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- the index pages
+def check_run_target(out: Path, run_dir: Path | str, kind: str, created: Any) -> None:
+    """`check_target` for the report of the run or search in `run_dir` (its folder's name, its
+    path as the source): what the CLI checks before training and `build_report` before writing."""
+    run_dir = Path(run_dir).resolve()
+    check_target(out, run_dir.name, {"kind": kind, "created": created, "source": str(run_dir)})
+
+
 def is_index(page: Path) -> bool:
     """Whether `page` is an index page written here (and may be rewritten)."""
     try:

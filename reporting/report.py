@@ -336,8 +336,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path = "reports", *, data_d
     kind = "search" if search else "run"
     # Where it goes is checked before anything is written: a rebuild replaces only this run's own report.
     try:
-        reports_index.check_target(out, name, {"kind": kind, "created": created,
-                                               "source": str(run_dir.resolve())})
+        reports_index.check_run_target(out, run_dir, kind, created)
     except reports_index.LayoutError as e:
         raise ReportError(str(e)) from None
     try:
