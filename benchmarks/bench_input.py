@@ -26,6 +26,13 @@ first epoch (worker start-up) is not timed; timed epochs of all of them alternat
     trainer cores         = CPU seconds of this process (receiving and normalising batches, all
                             its threads) / wall seconds, during ours' timed epochs: what the
                             consumer takes from the cores the N workers share (workers > 0)
+    workers running       = seconds ours' N workers ran on a core / (N x wall seconds), during its
+    workers runqueue wait   timed epochs (Linux: the scheduler's own counts, all threads); waiting
+    workers idle            = ready but no core free; idle = the rest (no work asked of them, or
+                            blocked handing a batch over). Running near 1.0: only more workers or
+                            cheaper transforms make the loader faster; waiting: too few cores for
+                            the processes; idle: too few batches in flight (prefetch, in-order
+                            delivery) (workers > 0)
     consumer ms per batch = `ModelInput` on one batch, against the four-pass version it replaced
                             (2026-12-03), alternating, 200 batches each
 
@@ -135,16 +142,38 @@ def main(argv=None) -> None:
     images_per_epoch = batches_per_epoch * bs
     epochs = {name: 0 for name in loaders}
     trainer_cores_ours: list[float] = []  # per timed epoch of ours: this process's cpu s / wall s
+    workers_time_ours: list[tuple[float, float]] = []  # per timed epoch of ours: its workers' (running,
+    # waiting for a core) seconds / (N x wall seconds)
 
     def cpu_seconds() -> float:
         u = resource.getrusage(resource.RUSAGE_SELF)  # this process's threads, not its workers
         return u.ru_utime + u.ru_stime
+
+    def workers_sched_seconds(name: str) -> tuple[float, float] | None:
+        """Seconds so far that loader `name`'s worker processes (all their threads) ran on a core and
+        waited for one (Linux: the scheduler's nanosecond counts, /proc/<pid>/task/*/schedstat), or
+        None where unknown."""
+        it = getattr(loaders[name], "_iterator", None)  # persistent workers: the one iterator's
+        procs = getattr(it, "_workers", None)
+        if not procs:
+            return None
+        ran = waited = 0
+        try:
+            for proc in procs:
+                for task in os.scandir(f"/proc/{proc.pid}/task"):
+                    with open(f"{task.path}/schedstat") as f:
+                        fields = f.read().split()
+                    ran, waited = ran + int(fields[0]), waited + int(fields[1])
+        except (OSError, ValueError, IndexError):  # not Linux, or a worker gone
+            return None
+        return ran / 1e9, waited / 1e9
 
     batches = {name: TrainBatches(loader) for name, loader in loaders.items()}  # as fit iterates them
 
     def loader_epoch(name: str) -> float:
         """One epoch of batches made ready for the model: on the device, and (ours) normalised."""
         epochs[name] += 1
+        w0 = workers_sched_seconds(name) if name == "ours" else None
         c0, t0 = cpu_seconds(), timer()
         for x, y, _ in batches[name].epoch(epochs[name] - 1):
             x = x.to(device, non_blocking=gpu)
@@ -155,6 +184,9 @@ def main(argv=None) -> None:
         t = timer() - t0
         if name == "ours":
             trainer_cores_ours.append((cpu_seconds() - c0) / t)
+            w1 = workers_sched_seconds(name) if w0 is not None else None
+            if w1 is not None:
+                workers_time_ours.append(((w1[0] - w0[0]) / (workers * t), (w1[1] - w0[1]) / (workers * t)))
         return t
 
     # Bare: one process, the same Compose, the same images, stacked per batch like __getitems__.
@@ -193,6 +225,7 @@ def main(argv=None) -> None:
 
     startup = {name: loader_epoch(name) for name in loaders}  # worker start-up + first epoch: not timed
     trainer_cores_ours.clear()
+    workers_time_ours.clear()
     runs = [(name, loader_epoch) for name in loaders] + [("bare", lambda _: bare_pass("ours")),
                                                          ("bare_float", lambda _: bare_pass("float"))]
     if workers > 1:  # the machine's own scaling over that many processes, beside the loader's
@@ -212,6 +245,11 @@ def main(argv=None) -> None:
     fd_ips, files_ips = ips.get("ours_fd"), ips.get("ours_files")
     slots = loaders["ours"].worker_init_fn.keywords["slots"] if workers > 0 else None
     trainer_cores = median(trainer_cores_ours) if workers > 0 else None
+    # (running, waiting for a core, idle) of ours' workers: the medians of the timed epochs
+    workers_time = ((median([a for a, _ in workers_time_ours]), median([b for _, b in workers_time_ours]))
+                    if workers_time_ours else None)
+    if workers_time:
+        workers_time += (max(0.0, 1 - workers_time[0] - workers_time[1]),)  # clocks differ by a little
     consumer_ms = consumer_ms_per_batch(to_input, data.train_x[:bs], device, channels_last)
 
     gpu_ips = None
@@ -236,6 +274,9 @@ def main(argv=None) -> None:
         "bare_parallel_images_per_s": r(ips.get("bare_parallel"), 1), "machine_scaling": r(machine, 3),
         "per_worker_efficiency_of_machine": r(eff / machine, 3) if machine else None,
         "trainer_cores": r(trainer_cores, 3), "trainer_cores_all": [r(c, 3) for c in trainer_cores_ours],
+        **dict(zip(("workers_running", "workers_runqueue_wait", "workers_idle"),
+                   [r(v, 3) for v in workers_time] if workers_time else (None,) * 3)),
+        "workers_running_all": [r(a, 3) for a, _ in workers_time_ours],
         "consumer_ms_per_batch": r(consumer_ms["one_pass"], 3),
         "consumer_ms_per_batch_four_pass": r(consumer_ms["four_pass"], 3),
         "ours_fd_images_per_s": r(fd_ips, 1), "handover_speedup": r(ips["ours"] / fd_ips, 3) if fd_ips else None,
@@ -260,6 +301,8 @@ def main(argv=None) -> None:
                    f"so the loader gives {eff / machine:.2f} of what it could" if machine else "")
     trainer_txt = (f"; the training process used {trainer_cores:.2f} of a core receiving and normalising"
                    if trainer_cores is not None else "")
+    trainer_txt += (f"; its workers ran {workers_time[0]:.2f} of the time, waited for a core {workers_time[1]:.2f}, "
+                    f"idle {workers_time[2]:.2f}" if workers_time else "")
     emit(res, f"input [{workers} workers, bs {bs}, {images_per_epoch} images, affine p {aug.affine_p}, "
               f"colour p {aug.color_p}]: ours (uint8) {ips['ours']:,.0f} img/s vs float pipeline "
               f"{ips['float']:,.0f} img/s -> {speedup:.2f}x; per-worker efficiency {eff:.2f} (float "

@@ -71,6 +71,11 @@ def _input(r: dict) -> tuple[str, str]:
     # core it takes from the workers, and on a GPU the core that launches the step's kernels.
     base += (f"; the training process used {r['trainer_cores']:.2f} of a core" if r.get("trainer_cores") is not None
              else "")
+    # Where the workers' time went: running (more workers or cheaper transforms help), waiting for a
+    # core (too few cores), idle (too few batches asked of them).
+    base += (f"; its workers ran {r['workers_running']:.2f} of the time, waited for a core "
+             f"{r['workers_runqueue_wait']:.2f}, idle {r['workers_idle']:.2f}"
+             if r.get("workers_running") is not None else "")
     speed = r.get("speedup_over_float")
     return (f"loader {_num(r['ours_images_per_s'])} img/s with {r['workers']} workers (affine p {r['affine_p']}, "
             f"colour p {r['color_p']}); bare 1-process {_num(r['bare_images_per_s'])} img/s{base}{gpu}",

@@ -64,6 +64,11 @@ def test_input_runs_tiny_with_the_search_only_transforms_on(fake_cifar, capsys):
     # it replaced (the benchmark checks that both give the same input)
     assert len(res["trainer_cores_all"]) == 1 and res["trainer_cores"] == res["trainer_cores_all"][0] > 0
     assert res["consumer_ms_per_batch"] > 0 and res["consumer_ms_per_batch_four_pass"] > 0
+    # where the workers' time went, from the scheduler's counts: running and waiting for a core are
+    # shares of the epoch (a worker's queue thread can run beside its main one), idle is the rest
+    running, waiting = res["workers_running"], res["workers_runqueue_wait"]
+    assert res["workers_running_all"] == [running] and 0 < running <= 1.5 and 0 <= waiting <= 1.5
+    assert res["workers_idle"] == pytest.approx(max(0.0, 1 - running - waiting), abs=0.002)
 
 
 @pytest.mark.parametrize("name, bf16, peak", [

@@ -522,7 +522,8 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
            "affine_p": 0.0, "color_p": 0.0, "float_images_per_s": 36000.0, "speedup_over_float": 1.444,
            "per_worker_efficiency": 0.48, "float_per_worker_efficiency": 0.41, "loader_over_gpu": 1.08,
            "gpu_step_images_per_s_bf16": 48000.0, "machine_scaling": 0.6, "per_worker_efficiency_of_machine": 0.8,
-           "trainer_cores": 0.93, "ours_files_images_per_s": 47000.0, "slots_speedup": 1.106, "ours_through_slots": 1.0}
+           "trainer_cores": 0.93, "workers_running": 0.62, "workers_runqueue_wait": 0.01, "workers_idle": 0.37,
+           "ours_files_images_per_s": 47000.0, "slots_speedup": 1.106, "ours_through_slots": 1.0}
     train = {"finished": True, "epochs": 30, "test_acc": 0.905, "images_per_sec": 30000.0, "first_batch_s": 1.25,
              "later_first_batch_s_median": 0.004,
              "wall_seconds": 50.0, "total_seconds": 60.0}
@@ -541,6 +542,7 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
     assert "loader/GPU >= 1: met; >= 1.4x float: met" in rows["input"]
     assert "12 bare processes at once scale 0.60 (the host), so the loader gives 0.80 of what" in rows["input"]
     assert "; the training process used 0.93 of a core" in rows["input"]
+    assert "; its workers ran 0.62 of the time, waited for a core 0.01, idle 0.37" in rows["input"]
     assert ("; a new shared-memory file per batch (no reused slots) 47,000 img/s: 1.11x, 100% of batches through "
             "a slot") in rows["input"]
     assert "first batch 1.25 s (start-up of epoch 1), later epochs 0.004 s median" in rows["train-seed0"]
