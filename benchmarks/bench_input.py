@@ -26,13 +26,13 @@ first epoch (worker start-up) is not timed; timed epochs of all of them alternat
     trainer cores         = CPU seconds of this process (receiving and normalising batches, all
                             its threads) / wall seconds, during ours' timed epochs: what the
                             consumer takes from the cores the N workers share (workers > 0)
-    workers running       = seconds ours' N workers ran on a core / (N x wall seconds), during its
-    workers runqueue wait   timed epochs (Linux: the scheduler's own counts, all threads); waiting
-    workers idle            = ready but no core free; idle = the rest (no work asked of them, or
-                            blocked handing a batch over). Running near 1.0: only more workers or
-                            cheaper transforms make the loader faster; waiting: too few cores for
-                            the processes; idle: too few batches in flight (prefetch, in-order
-                            delivery) (workers > 0)
+    workers running       = shares of ours' timed epochs that its N workers (all their threads)
+    workers runqueue wait   ran on a core, waited for one (ready, none free), and neither (idle:
+    workers idle            nothing asked of them, or blocked handing a batch over); the kernel's
+                            scheduler counts (Linux; workers > 0). Running near 1.0: only more
+                            workers or cheaper transforms make the loader faster; waiting: too few
+                            cores for the processes; idle: too few batches in flight (prefetch,
+                            in-order delivery, an epoch's end)
     consumer ms per batch = `ModelInput` on one batch, against the four-pass version it replaced
                             (2026-12-03), alternating, 200 batches each
 
