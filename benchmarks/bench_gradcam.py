@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # first: --help and a bad flag answer before the heavy imports
     import numpy as np
     import torch
     from pytorch_grad_cam import GradCAM as LibGradCAM
@@ -47,7 +48,6 @@ def main(argv=None) -> None:
     from distributed.model import LAYER_NAMES, resnet18
     from reporting.gradcam import GradCAM
 
-    args = parse_args(argv)
     device = resolve_device(args.device)
     gpu = device == "cuda"
     n = args.num_images or (10000 if gpu else 128)

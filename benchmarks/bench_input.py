@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # first: --help and a bad flag answer before the heavy imports
     import os
     import resource
 
@@ -82,7 +83,6 @@ def main(argv=None) -> None:
     from distributed.data import CifarDataset, TrainBatches, channel_stats, load_cifar10, make_loader
     from distributed.model import resnet18
 
-    args = parse_args(argv)
     device = resolve_device(args.device)
     gpu = device == "cuda"
     n = args.num_images or (20000 if gpu else 4096)

@@ -171,10 +171,10 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # first: --help and a bad flag answer before the heavy imports
     from _common import base_info, emit, resolve_device
     from distributed.data import load_cifar10
 
-    args = parse_args(argv)
     device = resolve_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.work_dir).resolve()

@@ -53,6 +53,7 @@ def flops_per_image(model, device: str, channels_last: bool, bf16: bool) -> floa
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # first: --help and a bad flag answer before the heavy imports
     import torch
 
     from _common import (ListLoader, bare_train_steps, base_info, default_peak_tflops, emit,
@@ -63,7 +64,6 @@ def main(argv=None) -> None:
     from distributed.pipeline import Pipeline, build_accelerator, build_scheduler
     from distributed.model import resnet18
 
-    args = parse_args(argv)
     device = resolve_device(args.device)
     if device == "cpu":
         import os

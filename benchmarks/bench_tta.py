@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # first: --help and a bad flag answer before the heavy imports
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -38,7 +39,6 @@ def main(argv=None) -> None:
     from distributed.engine import evaluate
     from distributed.pipeline import build_accelerator, build_model, eval_loader, model_input
 
-    args = parse_args(argv)
     device = resolve_device(args.device)
     if device == "cpu":
         import os
