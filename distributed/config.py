@@ -24,7 +24,9 @@ class ConfigError(ValueError):
 # does not keep a rate tuned for 512 and diverge. Search spaces give max_lr at this batch too.
 REFERENCE_BATCH = 512
 REFERENCE_MAX_LR = 0.4
-NUM_CLASSES = 10  # CIFAR-10: the least a stratified split can hold with every class in it
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",  # in label order
+                   "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = len(CIFAR10_CLASSES)  # also the least a stratified split can hold with every class in it
 
 
 def lr_for_batch(lr_at_reference: float, batch_size: int) -> float:

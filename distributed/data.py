@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from distributed.rundir import CIFAR10_CLASSES, write_json
+from distributed.config import CIFAR10_CLASSES
+from distributed.rundir import write_json
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -107,8 +107,6 @@ TRAIN_LOG = "train.log"           # a trial's own output
 LINEAGE = "lineage.jsonl"         # a PBT trial's exploits: one row per donor state it adopted
 SCHEDULE = "schedule.json"        # a PBT search's best/: the best trial's values per epoch (--aug-schedule reads it)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
 # Config fields a resumed run may change: where things live and how fast they load, not what is learnt.
 RESUMABLE_CHANGES = {"data_dir", "runs_dir", "download", "num_workers", "keep_checkpoints", "checkpoint_every",
                      "log_with", "dist_timeout"}

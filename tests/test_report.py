@@ -22,7 +22,7 @@ import pytest
 from cifar_fixture import CLASSES, make_fake_cifar
 from conftest_report_helpers import LONG_FLOAT, MATH_TEXT, TRIAL_IDS, write_search_dir
 from distributed import rundir
-from distributed.config import TrainConfig
+from distributed.config import CIFAR10_CLASSES, TrainConfig
 from reporting.report import build_report, calibration_stats, classification_stats, health_warnings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_every_section_and_figure_present(report, run_dir):
     assert "11,173,962" in html                            # parameter count
     for field in ("max_lr", "aug.cutout_p", "label_smoothing"):   # the full config table
         assert f">{field}<" in html
-    for name in rundir.CIFAR10_CLASSES[:3]:                 # per-class table
+    for name in CIFAR10_CLASSES[:3]:                        # per-class table
         assert f">{name}<" in html
 
 
