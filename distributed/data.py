@@ -383,15 +383,16 @@ class BatchSlots:
         images a slot cannot hold)."""
         if worker >= len(self.busy) or len(images) > self.images.shape[2]:
             return None
-        shape = self.images.shape[3:]
-        if any(a.shape != shape or a.dtype != np.uint8 for a in images):
-            return None
         free = np.flatnonzero(self.busy[worker] == 0)
         if not len(free):
             return None
         slot = int(free[0])
         self.busy[worker, slot] = 1
-        np.stack(images, out=self.images[worker, slot, :len(images)])
+        try:  # the stack itself refuses images of another shape or dtype (casting "no")
+            np.stack(images, out=self.images[worker, slot, :len(images)], casting="no")
+        except (ValueError, TypeError):
+            self.busy[worker, slot] = 0
+            return None
         return SlotBatch(self.token, worker, slot, len(images))
 
 

@@ -246,7 +246,6 @@ def check_target(out: Path, name: str, new: dict[str, Any]) -> None:
                           f"or pass another {flag}")
 
 
-# ----------------------------------------------------------------------------- the index pages
 def check_run_target(out: Path, run_dir: Path | str, kind: str, created: Any) -> None:
     """`check_target` for the report of the run or search in `run_dir` (its folder's name, its
     path as the source): what the CLI checks before training and `build_report` before writing."""
@@ -254,6 +253,7 @@ def check_run_target(out: Path, run_dir: Path | str, kind: str, created: Any) ->
     check_target(out, run_dir.name, {"kind": kind, "created": created, "source": str(run_dir)})
 
 
+# ----------------------------------------------------------------------------- the index pages
 def is_index(page: Path) -> bool:
     """Whether `page` is an index page written here (and may be rewritten)."""
     try:

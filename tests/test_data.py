@@ -435,3 +435,18 @@ def test_the_pin_thread_takes_a_slot_batch_out_into_pinned_memory(monkeypatch):
     x, y, i = pin_memory((received, np.arange(4), np.arange(4)))
     assert asked == [True] and np.array_equal(x.numpy(), np.stack(images))
     assert isinstance(y, np.ndarray) and not pool.busy.any() and pool.taken == 1
+
+
+def test_images_a_slot_cannot_hold_go_as_a_tensor_and_leave_the_slot_free():
+    """A batch of another dtype, image shape or size than the slots' is refused (`put` gives None:
+    the worker sends a tensor) and the slot it tried stays free for the next batch."""
+    from distributed.data import BatchSlots
+
+    pool = BatchSlots(1, 2, (4, 32, 32, 3))
+    good = [np.full((32, 32, 3), 7, np.uint8)] * 3
+    for bad in ([np.zeros((32, 32, 3), np.float32)] * 3, [np.zeros((31, 32, 3), np.uint8)] * 3,
+                [np.zeros((32, 32, 3), np.uint8)] * 5):
+        assert pool.put(0, bad) is None and not pool.busy.any()
+    sent = pool.put(0, good)
+    assert (sent.slot, sent.n) == (0, 3) and pool.busy.tolist() == [[1, 0]]
+    assert (pool.images[0, 0, :3] == 7).all()
