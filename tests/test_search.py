@@ -83,15 +83,16 @@ def test_a_search_that_cannot_place_a_trial_stops_at_start_and_leaves_nothing(ra
 
 
 def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, capsys):
-    """4 trials in sequence, seed 0 draws max_lr = diverging, good, good, bad: the diverging one fails
-    (NonFiniteLossError -> ERROR) and the search goes on; ASHA stops the bad one after epoch 1;
-    the best trial is exported and tested once."""
+    """4 trials in sequence, seed 24 draws max_lr = good, bad, diverging, good: ASHA stops the bad one
+    after epoch 1; the diverging one fails (NonFiniteLossError -> ERROR) and the search goes on; the
+    best trial is exported and tested once. All four run in one process (Tune reuses it), and the
+    last, after a stopped and a failed trial with loader workers, trains exactly as the first did."""
     from tuning.config import SearchConfig
     from tuning.runner import run_search
 
     space = {**FIXED, "max_lr": {"type": "choice", "values": [at_512(BAD_LR), at_512(GOOD_LR), at_512(DIVERGING_LR)]}}
     search = SearchConfig(name="asha", num_samples=4, grace_period=1, max_concurrent_trials=1, space=space,
-                          seed=0, verbose=0)
+                          seed=24, verbose=0)
     # OneCycle over 4 steps: max_lr 0.05 learns something in 2 epochs, 1e-5 does not.
     # Trials track into their own run dirs when the base config asks for it.
     log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
@@ -166,6 +167,55 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, 
             assert "NonFiniteLossError" in log and "Traceback" in log
         else:
             assert (tdir / "best.safetensors").exists() and "epoch   1/2" in log
+
+    # One process ran every trial, in the order drawn; the two good trials (same config and seed)
+    # agree to the bit: nothing of an earlier trial (an ASHA stop, a divergence, loader workers)
+    # leaks into a later one in the same process.
+    order = sorted(rows, key=lambda r: r["trial_id"])
+    assert [float(r["max_lr"]) for r in order] == [GOOD_LR, BAD_LR, DIVERGING_LR, GOOD_LR]
+    pids = {pid for r in rows for a in rundir.read_jsonl(sdir / "trials" / r["trial_id"] / rundir.ATTEMPTS)
+            for pid in a["pids"]}
+    assert len(pids) == 1, pids
+    timing = ("epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "eval_seconds",
+              "checkpoint_seconds", "wall_seconds")
+
+    def trained(r):
+        return [{k: v for k, v in m.items() if k not in timing}
+                for m in rundir.read_metrics(sdir / "trials" / r["trial_id"])]
+
+    assert trained(order[0]) == trained(order[3]) and len(trained(order[0])) == 2
+
+
+def test_asha_trial_processes_are_reused_and_readied_for_the_next_trial(monkeypatch):
+    """ASHA's single-process trials run one after another in the same process (PBT's and DDP trials
+    do not); before each, Tune is told to wait for the ended trial's thread longer than its 2 s
+    (unless the user set it), and a compiled trial starts without the previous trial's Dynamo cache:
+    a new model per trial would otherwise be a recompilation, and past Dynamo's limit of 8 the
+    model silently runs uncompiled."""
+    import torch
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from distributed.config import TrainConfig
+    from tuning.config import SearchConfig
+    from tuning.runner import _ready_for_another_trial, reuse_trial_processes
+
+    assert reuse_trial_processes(SearchConfig(name="a"))
+    assert not reuse_trial_processes(SearchConfig(name="p", scheduler="pbt", num_samples=2))
+    assert not reuse_trial_processes(SearchConfig(name="d", workers_per_trial=2))
+
+    def step(x):
+        return x + 1
+
+    torch.compile(step, backend="eager")(torch.ones(2))
+    assert len(_debug_get_cache_entry_list(step.__code__)) == 1
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "7")
+    _ready_for_another_trial(TrainConfig(compile=False))
+    assert len(_debug_get_cache_entry_list(step.__code__)) == 1  # an eager trial leaves Dynamo alone
+    assert os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "7"  # the user's setting stands
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S")
+    _ready_for_another_trial(TrainConfig(compile=True))
+    assert len(_debug_get_cache_entry_list(step.__code__)) == 0
+    assert int(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) >= 30
 
 
 def test_refit_trains_the_best_config_on_every_image_and_resumes_when_interrupted(ray_session, fake_cifar,
