@@ -135,7 +135,8 @@ def _search(r: dict, one_training: float | None = None) -> tuple[str, str]:
                  f"{_num(refit.get('total_seconds'))} s")
     elif refit:
         best += f"; refit {refit.get('status')}{': ' + refit['error'] if refit.get('error') else ''}"
-    return (f"{r.get('trials', r.get('trials_started'))} trials (ASHA, max {r.get('max_epochs')} epochs, "
+    procs = f" in {r['trial_processes']} processes" if r.get("trial_processes") else ""
+    return (f"{r.get('trials', r.get('trials_started'))} trials{procs} (ASHA, max {r.get('max_epochs')} epochs, "
             f"{s.get('gpus_per_trial')} GPU and {s.get('cpus_per_trial')} CPUs each), {r.get('status')}: "
             f"{_num(r.get('wall_seconds'))} s; {r.get('completed', '?')} completed, {r.get('stopped', '?')} stopped "
             f"early, {r.get('failed', '?')} failed; {r.get('trial_epochs')} trial-epochs{equiv}{rate}{best}",

@@ -423,6 +423,11 @@ def collect_search(search_dir: Path, log_text: str) -> dict | None:
     epochs = [read_jsonl(t / "metrics.jsonl") for t in trials]
     out = dict(info.get("summary") or {})
     out.pop("best_params", None)
+    # The processes that ran them (attempts.jsonl: node and pid of each start): under ASHA a process
+    # runs trial after trial (`tuning.runner.reuse_trial_processes`), each paying start-up once.
+    starts = [a for t in trials for a in read_jsonl(t / "attempts.jsonl")]
+    out["trial_processes"] = len({(node, pid) for a in starts
+                                  for node, pid in zip(a.get("node_ids") or [], a.get("pids") or [])}) or None
     out.update(status=info.get("status"), trials_started=len(trials), trial_epochs=sum(len(e) for e in epochs),
                trial_epoch_seconds=sum(r.get("epoch_seconds", 0.0) for e in epochs for r in e),
                trial_train_images=sum(r.get("images_per_sec", 0.0) * r.get("epoch_seconds", 0.0)

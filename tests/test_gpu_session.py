@@ -105,6 +105,7 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     assert res["tta-val"]["val_count"] == 20 and res["tta-val"]["val_acc_tta"] is not None
     search = res["search"]
     assert search["status"] == "finished" and search["trials"] == 2 and search["trial_epochs"] >= 2, search
+    assert search["trial_processes"] in (1, 2), search  # ASHA: a trial process may run the next trial
     assert search["test_acc"] is not None
     # airbench is CUDA-only: the dry run writes and checks its data files from our loader, and says so
     ref = res["reference"]
@@ -527,7 +528,8 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
     train = {"finished": True, "epochs": 30, "test_acc": 0.905, "images_per_sec": 30000.0, "first_batch_s": 1.25,
              "later_first_batch_s_median": 0.004,
              "wall_seconds": 50.0, "total_seconds": 60.0}
-    search = {"trials": 32, "status": "stopped", "wall_seconds": 100, "trial_epochs": 40, "trial_train_images": 1.5e6}
+    search = {"trials": 32, "status": "stopped", "wall_seconds": 100, "trial_epochs": 40, "trial_train_images": 1.5e6,
+              "trial_processes": 4}
     gradcam = {"bench": "gradcam", "weights": "runs/seed0/model.safetensors", "ours_s": 2.0, "lib_s": 20.0,
                "num_images": 10000, "speedup": 10.0, "max_abs_diff": 1e-5,
                "profile": {"ours": {"self_ms_total": 12.5, "top": [{"op": "aten::cudnn_convolution", "self_ms": 6.0}]},
@@ -549,6 +551,7 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
     assert ("against train-seed0 (eager): whole fit 1.20x faster, test +0.10 points, first epoch 40.0 s vs 4.0 s"
             in rows["train-compile"]) and "default on GPU if >= 1.15x at equal accuracy: met" in rows["train-compile"]
     assert "15,000 training img/s over all trials (0.50x one training's 30,000)" in rows["search"]
+    assert "32 trials in 4 processes (ASHA, max" in rows["search"]
     assert ("ours one batch: 12.5 ms, top aten::cudnn_convolution 6.0 ms; grad-cam one batch: 99.0 ms, top "
             "aten::copy_ 40.0 ms") in rows["gradcam"]
 

@@ -688,8 +688,9 @@ def reuse_trial_processes(search: SearchConfig) -> bool:
     each): 72-75 s with reuse against 85-91 s without; the time outside the trials' epochs,
     validation and checkpoints fell from ~10 s to ~4.5 s a trial. `_ready_for_another_trial` readies
     a reused process. Not for DDP trials (their workers are Ray Train's, started per trial anyway),
-    and not yet for PBT: its pauses and exploits restart trials on other trials' checkpoints, a
-    path not measured or tested with reuse."""
+    and not for PBT: tried (2026-12-03), a trial that exploited another went on training with its
+    old schedule in the reused process (Tune resets a running trial in place there), which
+    test_pbt's exploit test caught."""
     return search.scheduler == "asha" and search.workers_per_trial == 1
 
 
