@@ -91,7 +91,10 @@ def _train(r: dict) -> tuple[str, str]:
             f"(first {_num(r.get('first_epoch_s'), '.2f')} s); data wait {_pct(r.get('data_wait_frac_mean'))} mean, "
             f"{_pct(r.get('data_wait_frac_max'))} max; first batch {_num(r.get('first_batch_s'), '.2f')} s "
             f"(start-up of epoch 1), later epochs {_num(r.get('later_first_batch_s_median'), '.3f')} s median; validation {_num(r.get('eval_s_median'), '.2f')} s and "
-            f"checkpoint {_num(r.get('checkpoint_s_median'), '.2f')} s per epoch{done}")
+            f"checkpoint {_num(r.get('checkpoint_s_median'), '.2f')} s per epoch"
+            + (f"; before epoch 1 {_num(r['startup_seconds'], '.2f')} s, final weights and test "
+               f"{_num(r.get('final_seconds'), '.2f')} s" if r.get("startup_seconds") is not None else "")
+            + done)
     acc, wall = r.get("test_acc"), r.get("wall_seconds")
     return text, (f">= 94% test in 30 epochs: {_met(acc >= 0.94) if acc is not None else '?'}; <= 60 s: "
                   f"{_met(wall <= 60) if wall is not None and r.get('finished') else '?'}")

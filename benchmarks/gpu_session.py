@@ -386,7 +386,8 @@ def collect_run(run_dir: Path) -> dict | None:
         return [r[k] for r in rows if r.get(k) is not None]
 
     out = {k: summary.get(k) for k in ("test_acc", "best_val_acc", "best_epoch", "wall_seconds", "total_seconds",
-                                        "images_per_sec", "device", "mixed_precision", "world_size")}
+                                        "startup_seconds", "final_seconds", "images_per_sec", "device",
+                                        "mixed_precision", "world_size")}
     out.update(finished=bool(summary), epochs=rows[-1]["epoch"] if rows else 0,
                first_epoch_s=rows[0]["epoch_seconds"] if rows else None,
                first_batch_s=rows[0].get("first_batch_seconds") if rows else None,

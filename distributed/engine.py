@@ -431,6 +431,8 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     would continue from (so a stop can say it)."""
     log = functools.partial(_say, accelerator)
     started, previous_total, resume_epoch = clock
+    # Before the first epoch of this invocation: Accelerator, data, loaders, model, a resume's checkpoint.
+    startup_seconds = time.perf_counter() - started
     checkpoints = CheckpointClock(cfg, accelerator)
     for epoch in range(state.epoch, cfg.epochs):
         steps: list[dict[str, Any]] = []
@@ -473,6 +475,7 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
         if callback is not None:
             callback(EpochReport(epoch + 1, row, writer.run_dir, ckpt, accelerator.is_main_process))
 
+    t_final = time.perf_counter()
     in_sync = ranks_in_sync(p.model, accelerator)
     if not in_sync:
         log("warning: model weights differ between processes; the distributed setup is broken")
@@ -484,7 +487,8 @@ def _train_and_test(cfg: TrainConfig, accelerator: Accelerator, p: Pipeline, sch
     if test is not None:
         tracking.log_test(accelerator, test, step=cfg.epochs * len(p.train_loader))
     summary = writer.finish(meta, test, ranks_in_sync=in_sync,
-                            total_seconds=previous_total + time.perf_counter() - started)
+                            total_seconds=previous_total + time.perf_counter() - started,
+                            startup_seconds=startup_seconds, final_seconds=time.perf_counter() - t_final)
     test_txt = f"test accuracy {test['acc']:.4f} on {test['count']} images | " if test else ""
     log(f"{test_txt}{state.wall_seconds:.1f} s of training, {summary['total_seconds']:.1f} s in all "
         f"(start-up, evaluation and checkpoints included)")

@@ -30,7 +30,9 @@
                          int64 [N] (positions in the test set, so a report can fetch the images)
       summary.json       test_acc, test_loss, test_count, best_val_acc, best_epoch, epochs, wall_seconds,
                          total_seconds (wall clock of fit over all invocations: start-up, evaluation,
-                         checkpoints included), images_per_sec, device, world_size, mixed_precision,
+                         checkpoints included), startup_seconds (the last invocation's, before its first
+                         epoch: Accelerator, data, loaders, model, a resume's checkpoint), final_seconds
+                         (final weights and the test evaluation), images_per_sec, device, world_size, mixed_precision,
                          num_params, mean, std, weights (the file predictions.npz came from), plus
                          ranks_in_sync (train.py) or trial_id, trial_status, search, params (a search's best/)
       lr_find.json       LR range test (--find-lr): lrs, losses, smoothed, suggested_max_lr, chosen_max_lr

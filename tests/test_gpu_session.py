@@ -97,6 +97,7 @@ def test_dry_run_runs_every_step_of_the_plan(fake_cifar, tmp_path):
     run = res["train-seed0"]
     assert run["finished"] and run["epochs"] == 1 and run["test_acc"] is not None, run
     assert run["checkpoint_s_median"] is not None and run["data_wait_frac_mean"] is not None
+    assert run["startup_seconds"] > 0 and run["final_seconds"] > 0
     assert 0 < run["first_batch_s"] < run["first_epoch_s"]
     assert res["report-seed0"]["figures"] > 0
     assert "model.safetensors" in res["gradcam"]["weights"] and res["gradcam"]["max_abs_diff"] <= 1e-4
@@ -526,7 +527,7 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
            "trainer_cores": 0.93, "workers_running": 0.62, "workers_runqueue_wait": 0.01, "workers_idle": 0.37,
            "ours_files_images_per_s": 47000.0, "slots_speedup": 1.106, "ours_through_slots": 1.0}
     train = {"finished": True, "epochs": 30, "test_acc": 0.905, "images_per_sec": 30000.0, "first_batch_s": 1.25,
-             "later_first_batch_s_median": 0.004,
+             "later_first_batch_s_median": 0.004, "startup_seconds": 6.5, "final_seconds": 1.25,
              "wall_seconds": 50.0, "total_seconds": 60.0}
     search = {"trials": 32, "status": "stopped", "wall_seconds": 100, "trial_epochs": 40, "trial_train_images": 1.5e6,
               "trial_processes": 4}
@@ -548,6 +549,7 @@ def test_results_writer_sets_the_loader_work_against_its_baselines(tmp_path, cap
     assert ("; a new shared-memory file per batch (no reused slots) 47,000 img/s: 1.11x, 100% of batches through "
             "a slot") in rows["input"]
     assert "first batch 1.25 s (start-up of epoch 1), later epochs 0.004 s median" in rows["train-seed0"]
+    assert "; before epoch 1 6.50 s, final weights and test 1.25 s" in rows["train-seed0"]
     assert ("against train-seed0 (eager): whole fit 1.20x faster, test +0.10 points, first epoch 40.0 s vs 4.0 s"
             in rows["train-compile"]) and "default on GPU if >= 1.15x at equal accuracy: met" in rows["train-compile"]
     assert "15,000 training img/s over all trials (0.50x one training's 30,000)" in rows["search"]

@@ -74,6 +74,10 @@ def test_fit_lowers_the_loss_and_writes_the_run_directory(basic_run):
         assert 0 < r["first_batch_seconds"] <= r["data_wait_frac"] * r["epoch_seconds"] + 1e-9
     # The whole fit (start-up, validation, checkpoints, test) costs more than its training epochs.
     assert summary["total_seconds"] > summary["wall_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in rows))
+    # where the rest of the whole fit went: before the first epoch, validation, checkpoints, the end
+    parts = (summary["startup_seconds"], summary["wall_seconds"], sum(r["eval_seconds"] for r in rows),
+             sum(r["checkpoint_seconds"] for r in rows), summary["final_seconds"])
+    assert min(parts) > 0 and sum(parts) <= summary["total_seconds"], (parts, summary["total_seconds"])
     saved = rundir.read_json(run / rundir.CONFIG)
     assert TrainConfig.from_dict(saved["config"]) == cfg
     assert saved["versions"]["torch"] and saved["num_params"] == 11_173_962

@@ -151,12 +151,12 @@ def _ready_for_another_trial(cfg: TrainConfig) -> None:
     # The previous trial's loader workers, if its pipeline sits in a reference cycle, end now rather
     # than beside this trial's own.
     gc.collect()
-    if cfg.compile and "torch._dynamo" in sys.modules:
-        import torch._dynamo
+    if cfg.compile:
+        import torch
 
         # Each trial's model is a new object, so its compiled code would be a recompilation of the
         # previous trial's; past Dynamo's recompile limit (8) it silently runs uncompiled.
-        torch._dynamo.reset()
+        torch.compiler.reset()
 
 
 def _fit_and_report(job: dict[str, Any]) -> None:
