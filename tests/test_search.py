@@ -344,6 +344,27 @@ def test_a_search_with_unfinished_trials_is_interrupted_whatever_tune_counts():
     assert "continue with --name s --resume" in line
 
 
+def test_a_trial_whose_fit_finished_counts_as_finished_whatever_tune_saved(tmp_path):
+    """A restored search's last result of a finished trial may lack Tune's `done` (reused trial
+    processes): the trial's own summary.json says it finished; without it the trial still runs."""
+    from types import SimpleNamespace
+
+    from tuning import results
+
+    def trial(name: str, finished: bool):
+        run = tmp_path / rundir.TRIALS / name
+        run.mkdir(parents=True)
+        rows = [{"epoch": e, "val_acc": 0.1 * e, "val_loss": 2.0, "wall_seconds": e} for e in (1, 2)]
+        (run / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if finished:
+            (run / rundir.SUMMARY).write_text("{}")
+        return SimpleNamespace(path=str(tmp_path / "ray" / name), metrics={"epoch": 2, "val_acc": 0.2},
+                               error=None, config={})
+
+    rows = results.collect([trial("a", finished=True), trial("b", finished=False)], tmp_path, max_epochs=2)
+    assert {r["trial_id"]: r["status"] for r in rows} == {"a": "TERMINATED", "b": "RUNNING"}
+
+
 def _wait_for_a_trial_to_finish(proc: subprocess.Popen, sdir: Path, besides: set[str]) -> str:
     """The id of the first trial (not one of `besides`) whose summary.json appears while `proc` runs."""
     deadline = time.time() + 240
