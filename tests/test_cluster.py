@@ -25,6 +25,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from distributed import rundir
+from metrics_compare import comparable
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "distributed" / "train.py")
@@ -90,15 +91,9 @@ def _no_temp_files(run: Path) -> bool:
     return not [p for p in run.rglob("*") if p.name.startswith(".tmp")]
 
 
-def _comparable(rows):
-    timing = {"epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "wall_seconds", "eval_seconds",
-              "checkpoint_seconds"}
-    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
-
-
 def _assert_same_run(run: Path, reference: Path) -> None:
     """Bit-identical weights and the same per-epoch metrics and test result as `reference`."""
-    assert _comparable(rundir.read_metrics(run)) == _comparable(rundir.read_metrics(reference))
+    assert comparable(rundir.read_metrics(run)) == comparable(rundir.read_metrics(reference))
     for name in (rundir.FINAL_WEIGHTS, rundir.BEST_WEIGHTS):
         a, b = load_file(str(run / name)), load_file(str(reference / name))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from distributed import rundir
+from metrics_compare import comparable
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(subset=60, val_size=20, test_subset=20, batch_size=20, eval_batch_size=20, num_workers=0,
@@ -176,14 +177,8 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, 
     pids = {pid for r in rows for a in rundir.read_jsonl(sdir / "trials" / r["trial_id"] / rundir.ATTEMPTS)
             for pid in a["pids"]}
     assert len(pids) == 1, pids
-    timing = ("epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "eval_seconds",
-              "checkpoint_seconds", "wall_seconds")
-
-    def trained(r):
-        return [{k: v for k, v in m.items() if k not in timing}
-                for m in rundir.read_metrics(sdir / "trials" / r["trial_id"])]
-
-    assert trained(order[0]) == trained(order[3]) and len(trained(order[0])) == 2
+    first, last = (comparable(rundir.read_metrics(sdir / "trials" / r["trial_id"])) for r in (order[0], order[3]))
+    assert first == last and len(first) == 2
 
 
 def test_asha_trial_processes_are_reused_and_readied_for_the_next_trial(monkeypatch):

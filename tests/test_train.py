@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from distributed import rundir
+from metrics_compare import comparable
 from distributed.config import ConfigError, TrainConfig
 from distributed.engine import fit
 
@@ -139,11 +140,6 @@ def test_an_existing_run_is_never_overwritten(fake_cifar, tmp_path):
     assert (tmp_path / "once" / "config.json").read_text() == "{}"
 
 
-def _comparable(rows):
-    drop = {"epoch_seconds", "images_per_sec", "data_wait_frac", "first_batch_seconds", "wall_seconds", "eval_seconds", "checkpoint_seconds"}
-    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
-
-
 def test_kill_9_then_resume_ends_exactly_like_an_uninterrupted_run(fake_cifar, tmp_path):
     flags = tiny_flags(fake_cifar, tmp_path) + ["--epochs", 4, "--deterministic", "--dropout", 0.2]
     full = cli(*flags, "--name", "full", timeout=600)
@@ -162,7 +158,7 @@ def test_kill_9_then_resume_ends_exactly_like_an_uninterrupted_run(fake_cifar, t
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "killed")
-    assert _comparable(a) == _comparable(b)
+    assert comparable(a) == comparable(b)
     # the per-step record too: rows past the resumed checkpoint were dropped, none is missing or doubled
     assert rundir.read_steps(tmp_path / "killed") == rundir.read_steps(tmp_path / "full")
     assert len(rundir.read_steps(tmp_path / "full")) == 4 * 3
@@ -244,7 +240,7 @@ def test_a_kill_between_the_checkpoint_and_its_log_line_loses_no_epoch_row(basic
     summary = fit(cfg.replace(runs_dir=str(tmp_path)), resume=True, progress=False)
     rows = rundir.read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs"] == 3
-    assert _comparable(rows) == _comparable(full)  # the same row, only its checkpoint time unknown
+    assert comparable(rows) == comparable(full)  # the same row, only its checkpoint time unknown
     assert rows[2]["checkpoint_seconds"] is None and rows[2]["val_acc"] == full[2]["val_acc"]
 
 

@@ -23,7 +23,8 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
 
     A trial whose fit wrote its summary.json has finished, whatever Tune saved: with reused trial
     processes (ASHA), Ray 2.60 sets `done` on a finished trial's last result in memory without
-    saving it again, so a restored search (`--resume`) read some finished trials as still running
+    saving it again (as far as Tune's code reads), so a restored search (`--resume`) read some
+    finished trials as still running
     (seen 5 times in 8 runs of the refit test on a loaded 2-core machine, 2026-12-03)."""
     trials = []
     for result in grid:
