@@ -152,6 +152,8 @@ def test_a_pbt_population_finishes_with_exploits(pbt_run):
     for t in (sdir / "trials").iterdir():
         rows = rundir.read_metrics(t)
         assert [r["epoch"] for r in rows] == [1, 2, 3, 4], t.name
+        # No start after the last epoch: PBT lets a trial finish it (tuning/scheduler.py)
+        assert all(a["from_epoch"] < 4 for a in rundir.read_jsonl(t / rundir.ATTEMPTS)), t.name
         assert all(set(r["schedule"]) == set(PERTURBED) for r in rows), t.name
     info = json.loads((sdir / "search.json").read_text())
     assert info["status"] == "finished"
@@ -352,7 +354,8 @@ def test_a_perturbed_value_is_clipped_into_the_space():
 def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
     """Without Ray: a donor's exported checkpoint adopted by another run directory replaces its
     checkpoints, best weights, rows and config (its own name kept), appends one lineage row, and is
-    not adopted twice; a trial's own checkpoint is not an exploit."""
+    not adopted twice by a retry (same values), but again by a new exploit (new values); a trial's own
+    checkpoint is not an exploit."""
     from tuning import pbt
 
     def run(name: str, epochs: int, payload: str) -> Path:
@@ -382,9 +385,18 @@ def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
     assert [r["epoch"] for r in rundir.read_steps(me)] == [1, 2]
     assert rundir.read_json(me / "config.json")["config"] == {"name": "r", "max_lr": 0.1}
     assert rundir.read_jsonl(me / "lineage.jsonl") == [row]
-    assert pbt.adopt(me, staged, "r", {}, {}) is None  # a retry after a loss that reported nothing newer
+    # a retry after a loss that reported nothing newer: Tune restarts it with the same config and checkpoint
+    assert pbt.adopt(me, staged, "r", {"flip_p": 0.2}, {"flip_p": 0.2}) is None
     assert pbt.adopt(donor, staged, "d", {}, {}) is None  # its own: a plain resume
     assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 1
+    # PBT drew the same donor again, which has reported nothing newer: the same state with new values,
+    # a new exploit (the recipient goes back to the donor's epoch, whatever it trained since).
+    (me / "checkpoints" / "epoch_0003").mkdir()
+    rundir.write_json(me / "checkpoints" / "epoch_0003" / rundir.TRAINER_STATE, {"epoch": 3})
+    redo = pbt.adopt(me, staged, "r", {"flip_p": 0.2}, {"flip_p": 0.24})
+    assert redo is not None and redo["checkpoint"] == row["checkpoint"] and redo["after"] == {"flip_p": 0.24}
+    assert [p.name for p in rundir.checkpoint_dirs(me)] == ["epoch_0002"]
+    assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 2
     # The donor, sent back by its own exploit, reports epoch 2 again with other weights: another state,
     # adopted again although donor and epoch are the same.
     (donor / "checkpoints" / "epoch_0002" / "model.safetensors").unlink()
@@ -392,7 +404,7 @@ def test_adoption_makes_the_recipient_the_donors_copy(tmp_path):
     again = pbt.adopt(me, pbt.export_checkpoint(donor, 2, "d"), "r", {}, {})
     assert again is not None and again["checkpoint"] != row["checkpoint"]
     assert (me / "checkpoints" / "epoch_0002" / "model.safetensors").read_text() == "donor2-again"
-    assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 2
+    assert len(rundir.read_jsonl(me / "lineage.jsonl")) == 3
 
 
 def test_the_lineage_chain_follows_the_weights_ancestry(tmp_path):
@@ -457,3 +469,54 @@ def test_a_searchs_scheduler_flag_takes_either_schedule_by_its_value(capsys):
     assert e.value.code == 2 and err.count("\n") == 1 and "'asha', 'pbt', 'onecycle'" in err
     with pytest.raises(ConfigError, match="cannot be tuned|not a tunable"):
         validate_space({"aug_schedule": 0.5}, TrainConfig())
+
+
+class _FakeTrial:
+    """What Tune's PBT reads and writes of a trial when it decides (no Ray actor behind it)."""
+
+    def __init__(self, name: str):
+        self.trial_id = self.experiment_tag = name
+        self.status, self.config = "RUNNING", {"flip_p": 0.2}
+        self.run_metadata = SimpleNamespace(checkpoint_manager=SimpleNamespace(
+            checkpoint_config=SimpleNamespace(num_to_keep=4)))
+        self.temporary_state = SimpleNamespace(saving_to=None)
+
+    def is_finished(self) -> bool:
+        return False
+
+    def set_experiment_tag(self, tag: str) -> None:
+        self.experiment_tag = tag
+
+    def set_config(self, config: dict) -> None:
+        self.config = config
+
+
+def _pbt_decisions(last: int, epochs: int) -> list[tuple[str, int]]:
+    """Two fake trials report `epochs` epochs, the good one (val_acc 0.9) first each epoch, the bad
+    one (0.1) after it; the (trial, epoch) of each exploit PBT starts (its pause of the recipient)."""
+    from tuning.scheduler import PopulationBasedTrainingToTheEnd
+
+    good, bad = _FakeTrial("good"), _FakeTrial("bad")
+    paused: list[tuple[str, int]] = []
+    now = {"epoch": 0}
+    controller = SimpleNamespace(
+        search_alg=None, get_trials=lambda: [good, bad],
+        _schedule_trial_save=lambda trial, result=None: f"checkpoint of {trial.trial_id}",
+        pause_trial=lambda trial, should_checkpoint=True: paused.append((trial.trial_id, now["epoch"])))
+    pbt = PopulationBasedTrainingToTheEnd(last=last, time_attr="epoch", metric="val_acc", mode="max",
+                                          perturbation_interval=1, quantile_fraction=0.5,
+                                          hyperparam_mutations={"flip_p": [0.1, 0.2, 0.3]}, log_config=False)
+    for trial in (good, bad):
+        pbt.on_trial_add(controller, trial)
+    for epoch in range(1, epochs + 1):
+        now["epoch"] = epoch
+        for trial, score in ((good, 0.9), (bad, 0.1)):
+            pbt.on_trial_result(controller, trial, {"epoch": epoch, "val_acc": score})
+    return paused
+
+
+def test_pbt_lets_a_trial_finish_its_last_epoch():
+    """The scheduler the search uses: the bottom trial copies the top one at every perturbation
+    epoch but its last (Tune's PBT would send it back from there, and it could loop on that epoch)."""
+    assert _pbt_decisions(last=3, epochs=3) == [("bad", 2)]     # epoch 1: the good one had no checkpoint yet
+    assert _pbt_decisions(last=99, epochs=3) == [("bad", 2), ("bad", 3)]   # as Tune's own PBT does

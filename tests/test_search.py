@@ -181,9 +181,9 @@ def test_search_asha_failure_and_best_export(ray_session, fake_cifar, tmp_path, 
     assert first == last and len(first) == 2
 
 
-def test_asha_trial_processes_are_reused_and_readied_for_the_next_trial(monkeypatch):
-    """ASHA's single-process trials run one after another in the same process (PBT's and DDP trials
-    do not); before each, Tune is told to wait for the ended trial's thread longer than its 2 s
+def test_trial_processes_are_reused_and_readied_for_the_next_trial(monkeypatch):
+    """Single-process trials, ASHA's and PBT's, run one after another in the same process (DDP
+    trials do not); before each, Tune is told to wait for the ended trial's thread longer than its 2 s
     (unless the user set it), and a compiled trial starts without the previous trial's Dynamo cache:
     a new model per trial would otherwise be a recompilation, and past Dynamo's limit of 8 the
     model silently runs uncompiled."""
@@ -195,7 +195,7 @@ def test_asha_trial_processes_are_reused_and_readied_for_the_next_trial(monkeypa
     from tuning.runner import _ready_for_another_trial, reuse_trial_processes
 
     assert reuse_trial_processes(SearchConfig(name="a"))
-    assert not reuse_trial_processes(SearchConfig(name="p", scheduler="pbt", num_samples=2))
+    assert reuse_trial_processes(SearchConfig(name="p", scheduler="pbt", num_samples=2))
     assert not reuse_trial_processes(SearchConfig(name="d", workers_per_trial=2))
 
     def step(x):

@@ -4,7 +4,8 @@ state to another, and the learned schedule the search leaves in best/schedule.js
 Ray Tune's `PopulationBasedTraining` decides: every `perturbation_interval` epochs a trial in the
 bottom `quantile_fraction` of the population is paused, gets the config of a trial of the top one
 with the perturbable values perturbed (x 0.8 or x 1.2, or drawn anew), and is restarted from that
-donor's last reported checkpoint. This module does the rest:
+donor's last reported checkpoint; never at a trial's last epoch (tuning/scheduler.py). This module
+does the rest:
 
 - which fields may change (`perturbed_fields`: the space's specs of `distributed.config.SCHEDULABLE`
   fields; `l1`'s off_or_loguniform has no Tune domain to perturb: it stays as drawn per trial, like
@@ -154,9 +155,12 @@ def adopt(run_dir: Path, checkpoint_dir: Path, trial_id: str, before: dict[str, 
     trial's run directory that trial's copy at the checkpoint's epoch and append the lineage row;
     return the row. None when the checkpoint is this trial's own (a retry after a lost worker, a
     search --resume: the trial resumes from its own newest checkpoint, as under ASHA), or when this
-    exploit was already adopted (a retry after a later loss that reported nothing newer).
+    exploit was already adopted and the values are unchanged (a retry after a later loss that
+    reported nothing newer: Tune restarts it with the same config and checkpoint). The same
+    checkpoint with new values is a new exploit (PBT drew the same donor, which has reported
+    nothing newer since): adopted again, back to that epoch.
 
-    before/after: the perturbed fields' values this trial had and gets."""
+    before/after: the perturbed fields' values this trial had (its last start's) and gets."""
     checkpoint_dir, run_dir = Path(checkpoint_dir), Path(run_dir)
     origin_file = checkpoint_dir / ORIGIN
     if not origin_file.exists():
@@ -165,7 +169,7 @@ def adopt(run_dir: Path, checkpoint_dir: Path, trial_id: str, before: dict[str, 
     if origin["trial"] == trial_id:
         return None
     done = rundir.read_jsonl(run_dir / rundir.LINEAGE)
-    if done and done[-1].get("checkpoint") == origin.get("id"):
+    if done and done[-1].get("checkpoint") == origin.get("id") and before == after:
         return None
     writer = RunWriter(run_dir)
     writer.adopt(checkpoint_dir, trial_id)

@@ -142,9 +142,10 @@ _REUSE_WAIT_S = "60"
 
 
 def _ready_for_another_trial(cfg: TrainConfig) -> None:
-    """Make this process fit for the trial starting in it, which may not be its first: an ASHA search
-    reuses each trial process for the next trial (`tune_config`), keeping its imports, CUDA context
-    and cuDNN's choices instead of starting a new process per trial."""
+    """Make this process fit for the trial starting in it, which may not be its first: a search with
+    single-process trials reuses each trial process for the next trial start (`tune_config`,
+    `reuse_trial_processes`), keeping its imports, CUDA context and cuDNN's choices instead of
+    starting a new process per trial."""
     import gc
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", _REUSE_WAIT_S)  # read when Tune reuses us
@@ -649,8 +650,10 @@ def tune_config(base_cfg: TrainConfig, search: SearchConfig, space: dict[str, An
     """Tune's TuneConfig: the scheduler (ASHA, or PBT over `space`'s perturbable fields), the seeded
     sampler, one folder per trial named by its id."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuning.scheduler import PopulationBasedTrainingToTheEnd
 
     # time_attr "epoch" (1-based, from fit's metrics) rather than training_iteration: it stays
     # right across a resumed trial whatever Tune's own counter did.
@@ -658,8 +661,8 @@ def tune_config(base_cfg: TrainConfig, search: SearchConfig, space: dict[str, An
         space = space_mod.merge_space(search.space) if space is None else space
         # metric and mode come from TuneConfig (Tune refuses them in both places). PBT works with a
         # BasicVariantGenerator (only a SearchGenerator is refused), so the sampling stays seeded.
-        scheduler = PopulationBasedTraining(
-            time_attr="epoch", perturbation_interval=search.perturbation_interval,
+        scheduler = PopulationBasedTrainingToTheEnd(
+            last=base_cfg.epochs, time_attr="epoch", perturbation_interval=search.perturbation_interval,
             quantile_fraction=search.quantile_fraction, resample_probability=search.resample_probability,
             hyperparam_mutations=pbt.mutations(space), custom_explore_fn=pbt.explore_fn(space),
             # lineage.jsonl in each trial's run dir is the record; no pbt_policy files in ray/
@@ -679,19 +682,20 @@ def tune_config(base_cfg: TrainConfig, search: SearchConfig, space: dict[str, An
 
 
 def reuse_trial_processes(search: SearchConfig) -> bool:
-    """Whether a trial process, once its trial has ended, runs the next trial instead of a new process.
+    """Whether a trial process, once its trial has ended or been paused, runs the next trial instead
+    of a new process.
 
-    ASHA with single-process trials: yes. A new process costs every trial its interpreter, imports
+    Single-process trials: yes. A new process costs every trial start its interpreter, imports
     (torch, Albumentations, Accelerate: ~5.5 s on the 2-core CPU machine), CUDA context and cuDNN's
-    kernel choices; ASHA stops most trials after an epoch or two, on a GPU a few seconds each.
-    Measured on the 2-core CPU (2026-12-03, 8 trials of 2 epochs on 200 images, 2 at a time, 2 runs
-    each): 72-75 s with reuse against 85-91 s without; the time outside the trials' epochs,
-    validation and checkpoints fell from ~10 s to ~4.5 s a trial. `_ready_for_another_trial` readies
-    a reused process. Not for DDP trials (their workers are Ray Train's, started per trial anyway),
-    and not for PBT: tried (2026-12-03), a trial that exploited another went on training with its
-    old schedule in the reused process (Tune resets a running trial in place there), which
-    test_pbt's exploit test caught."""
-    return search.scheduler == "asha" and search.workers_per_trial == 1
+    kernel choices; ASHA stops most trials after an epoch or two, on a GPU a few seconds each, and
+    PBT restarts a trial at every copy and, with more trials than slots, at every interval.
+    Measured on the 2-core CPU (2026-12-03, 2 trials at a time, 2 runs each): ASHA, 8 trials of
+    2 epochs, 72-75 s with reuse against 85-91 s without; PBT, 8 trials of 4 epochs (32 trial
+    starts), 127-130 s against 204 s (README Performance). `_ready_for_another_trial` readies a
+    reused process; a PBT copy lands in a process that ran another trial, and the recipient's run
+    directory, not the process, carries what it continues from (tuning/pbt.py). Not for DDP
+    trials: their workers are Ray Train's, started per trial anyway."""
+    return search.workers_per_trial == 1
 
 
 def run_config(search_dir: Path, search: SearchConfig, params: list[str] | None = None, max_epochs: int = 1):
