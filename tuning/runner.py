@@ -693,8 +693,10 @@ def reuse_trial_processes(search: SearchConfig) -> bool:
     2 epochs, 72-75 s with reuse against 85-91 s without; PBT, 8 trials of 4 epochs (32 trial
     starts), 127-130 s against 204 s (README Performance). `_ready_for_another_trial` readies a
     reused process; a PBT copy lands in a process that ran another trial, and the recipient's run
-    directory, not the process, carries what it continues from (tuning/pbt.py). Not for DDP
-    trials: their workers are Ray Train's, started per trial anyway."""
+    directory, not the process, carries what it continues from (tuning/pbt.py). Tune keeps an ended
+    or paused trial's process only while a trial waits for resources: with the whole PBT population
+    running at once an exploit often still starts a new process (9-10 starts in 6-7 processes for
+    4 trials, same day). Not for DDP trials: their workers are Ray Train's, started per trial anyway."""
     return search.workers_per_trial == 1
 
 
