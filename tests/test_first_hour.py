@@ -247,7 +247,10 @@ def test_accelerate_launch_draws_the_bar_quietly_and_ctrl_c_in_epoch_1_leaves_no
     trainer had stopped holding SIGTERM (it ended the process before its line)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file",
            str(ROOT / "launch" / "default.yaml"), TRAIN, "--data-dir", str(fake_cifar), "--runs-dir",
-           str(tmp_path), "--name", "launched", "--epochs", "2", "--no-report", *TINY, "--num-workers", "2"]
+           str(tmp_path), "--name", "launched", "--epochs", "2", "--no-report", *TINY, "--num-workers", "2",
+           # 12 steps, not TINY's 3: Ctrl-C comes ~1 s after the bar shows, and a 3-step epoch 1 had
+           # ended by then on a fast hour (2026-12-03: the run stopped in epoch 2, as it should)
+           "--subset", "260"]
     rc, out = _run_in_pty(cmd, interrupt_when=b"epoch 1/2:", then_terminate_children_after=0.5)
     assert re.search(r"epoch 1/2: +\d+%\|", out), out[-3000:]
     assert "were not passed to `accelerate launch`" not in out  # the launch file names every value
