@@ -424,8 +424,8 @@ def collect_search(search_dir: Path, log_text: str) -> dict | None:
     epochs = [read_jsonl(t / "metrics.jsonl") for t in trials]
     out = dict(info.get("summary") or {})
     out.pop("best_params", None)
-    # The processes that ran them (attempts.jsonl: node and pid of each start): under ASHA a process
-    # runs trial after trial (`tuning.runner.reuse_trial_processes`), each paying start-up once.
+    # The processes that ran them (attempts.jsonl: node and pid of each start): a process may run
+    # trial after trial (`tuning.runner.reuse_trial_processes`), each paying start-up once.
     starts = [a for t in trials for a in read_jsonl(t / "attempts.jsonl")]
     out["trial_processes"] = len({(node, pid) for a in starts
                                   for node, pid in zip(a.get("node_ids") or [], a.get("pids") or [])}) or None

@@ -22,7 +22,7 @@ def collect(grid, search_dir: Path, max_epochs: int) -> list[dict[str, Any]]:
     last report) beside the trial run directory's own files (params, metrics).
 
     A trial whose fit wrote its summary.json has finished, whatever Tune saved: with reused trial
-    processes (ASHA), Ray 2.60 sets `done` on a finished trial's last result in memory without
+    processes, Ray 2.60 sets `done` on a finished trial's last result in memory without
     saving it again (as far as Tune's code reads), so a restored search (`--resume`) read some
     finished trials as still running
     (seen 5 times in 8 runs of the refit test on a loaded 2-core machine, 2026-12-03)."""

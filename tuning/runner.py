@@ -23,7 +23,6 @@ import shutil
 import sys
 import time
 import traceback
-import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -395,11 +394,7 @@ def run_search(base_cfg: TrainConfig, search: SearchConfig, *, data: Any = None,
                 # PBT draws its quantile partners and perturbations with Python's `random`, in this
                 # process: seeded, a search repeats its choices as far as the trials' timing allows.
                 random.seed(search.seed)
-            with warnings.catch_warnings():
-                # Tune suggests reusing actors with PBT; PBT trials keep a process of their own
-                # (`reuse_trial_processes`).
-                warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
-                grid = tuner.fit()
+            grid = tuner.fit()
         trials = results.collect(grid, search_dir, base_cfg.epochs)
         if not search.keep_trial_checkpoints:  # trials that ended before a resume, or missed by the callback
             for t in trials:
@@ -691,7 +686,7 @@ def reuse_trial_processes(search: SearchConfig) -> bool:
     PBT restarts a trial at every copy and, with more trials than slots, at every interval.
     Measured on the 2-core CPU (2026-12-03, 2 trials at a time, 2 runs each): ASHA, 8 trials of
     2 epochs, 72-75 s with reuse against 85-91 s without; PBT, 8 trials of 4 epochs (32 trial
-    starts), 127-130 s against 204 s (README Performance). `_ready_for_another_trial` readies a
+    starts), 127-130 s against 195-204 s (README Performance). `_ready_for_another_trial` readies a
     reused process; a PBT copy lands in a process that ran another trial, and the recipient's run
     directory, not the process, carries what it continues from (tuning/pbt.py). Tune keeps an ended
     or paused trial's process only while a trial waits for resources: with the whole PBT population
