@@ -338,8 +338,10 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(fake_cifar, tmp_p
     assert not (run / rundir.SUMMARY).exists()
 
 
-def _shm_files() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("torch_*")}
+def _shm_files(pids: set[int]) -> set[str]:
+    """torch's shared-memory files made by these processes (torch names them torch_<pid>_...): the
+    suite runs in two processes, and the other one's loaders come and go in /dev/shm meanwhile."""
+    return {p.name for p in Path("/dev/shm").glob("torch_*") if p.name.split("_")[1] in {str(i) for i in pids}}
 
 
 def test_sigterm_stops_a_single_process_run_with_143_and_one_line(fake_cifar, tmp_path):
@@ -350,21 +352,22 @@ def test_sigterm_stops_a_single_process_run_with_143_and_one_line(fake_cifar, tm
     cmd = [sys.executable, TRAIN, "--name", "one", "--runs-dir", str(tmp_path), "--data-dir", str(fake_cifar),
            "--no-download", *FLAGS]
     run = tmp_path / "one"
-    before = _shm_files()
+    pids: set[int] = set()
 
     def every_process(proc: subprocess.Popen) -> None:
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert any(p.name() == "torch_shm_manager" for p in tree)  # what this test is about
         for p in [psutil.Process(proc.pid), *tree]:
+            pids.add(p.pid)
             p.terminate()
 
     rc, _, err = _interrupt_in_epoch_2(cmd, run, every_process)
     assert rc == 143, err[-3000:]
     # The managers remove the batches' files 2 s after their last client has gone.
     deadline = time.time() + 30
-    while _shm_files() - before and time.time() < deadline:
+    while _shm_files(pids) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _shm_files() - before
+    assert not _shm_files(pids)
     assert err.strip() == (f"stopped by SIGTERM in epoch 2, nothing half-written (newest checkpoint: epoch 1); "
                            f"continue with: {_as_typed(sys.executable)} {_as_typed(TRAIN)} --name one --runs-dir "
                            f"{tmp_path} --resume")
